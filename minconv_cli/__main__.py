@@ -1,0 +1,3 @@
+from minconv_cli.cli import app
+
+app()
