@@ -1,0 +1,283 @@
+"""Opening NetCDF files and Zarr stores (one or many, joined along time) into `Fields`."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from minconv_cli.data.dims import (
+    default_padding,
+    is_latitude,
+    is_longitude,
+    recognise_dims,
+)
+from minconv_cli.data.fields import Channel, Fields, jsonable
+from minconv_cli.errors import MinconvError
+
+LOAD_BELOW_BYTES = 256 * 2**20
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
+
+
+def detect_format(path: str | Path) -> str:
+    """`"netcdf"` or `"zarr"` from the extension, the store layout or the file's magic bytes."""
+    p = Path(path)
+    if not p.exists():
+        raise MinconvError(f"{p}: no such file or directory")
+    if p.is_dir():
+        if p.suffix == ".zarr" or any(
+            (p / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs")
+        ):
+            return "zarr"
+        raise MinconvError(f"{p}: a directory that is not a Zarr store (no zarr.json or .zgroup)")
+    if p.name in ("zarr.json", ".zgroup"):
+        return "zarr"
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith((b"\x89HDF", b"CDF\x01", b"CDF\x02", b"CDF\x05")):
+        return "netcdf"
+    if p.suffix.lower() in NETCDF_SUFFIXES:
+        raise MinconvError(f"{p}: not a readable NetCDF file (bad header)")
+    raise MinconvError(f"{p}: unknown format (expected NetCDF .nc or a Zarr store .zarr)")
+
+
+def open_dataset(path: str | Path, chunks: Any = "auto-store") -> xr.Dataset:
+    """Open one NetCDF file or Zarr store lazily (dask chunks as stored); one-line errors.
+
+    `chunks="auto-store"` keeps the store's own chunks; `None` opens without dask.
+    """
+    p = Path(path)
+    fmt = detect_format(p)
+    if p.name in ("zarr.json", ".zgroup"):
+        p = p.parent
+    kw: dict[str, Any] = {"chunks": {} if chunks == "auto-store" else chunks}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "zarr":
+                ds = xr.open_zarr(p, consolidated=None, **kw)
+            else:
+                ds = xr.open_dataset(p, engine="netcdf4", **kw)
+    except MinconvError:
+        raise
+    except Exception as err:  # any reader failure on a damaged file
+        what = "Zarr store" if fmt == "zarr" else "NetCDF file"
+        raise MinconvError(f"{p}: cannot read as a {what} ({_one_line(err)})") from None
+    ds.encoding["source_format"] = fmt
+    return ds
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:300]
+
+
+def open_fields(
+    paths: str | Path | Sequence[str | Path],
+    variables: Sequence[str] | None = None,
+    static: Sequence[str] | None = None,
+    dims: Mapping[str, Any] | None = None,
+    levels: Sequence[Any] | None = None,
+) -> Fields:
+    """Open, recognise, check and join data files into `Fields` (lazy unless under 256 MB)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("open_fields: no paths given")
+    opened = [(p, open_dataset(p)) for p in paths]
+    first_path, first = opened[0]
+    static = list(static or [])
+    selected = _select_variables(first, first_path, variables, static, dims)
+    role = recognise_dims(first, _dims_of(first, selected), str(first_path), dims)
+    time_dim = role["time"]
+    checked = []
+    for p, ds in opened:
+        for v in [*selected, *[s for s in static if s in first.data_vars]]:
+            if v not in ds.data_vars:
+                raise MinconvError(
+                    f"{p}: variable {v!r} not found; available: {', '.join(map(str, ds.data_vars))}"
+                )
+        if time_dim not in ds.dims:
+            raise MinconvError(
+                f"{p}: no time dimension {time_dim!r} (dims: {', '.join(map(str, ds.dims))})"
+            )
+        _check_times(p, ds[time_dim].values)
+        checked.append((p, ds))
+    checked.sort(key=lambda item: item[1][time_dim].values[0])
+    for (pa, a), (pb, b) in zip(checked[:-1], checked[1:], strict=False):
+        _check_same_grid(pa, a, pb, b, role)
+        if a[time_dim].values[-1] >= b[time_dim].values[0]:
+            raise MinconvError(
+                f"{pb}: times overlap with {pa} ({b[time_dim].values[0]} <= {a[time_dim].values[-1]})"
+            )
+    label = (
+        ", ".join(str(p) for p in paths)
+        if len(paths) <= 3
+        else f"{paths[0]} (+{len(paths) - 1} files)"
+    )
+    keep = [*selected, *[s for s in static if s in first.data_vars]]
+    parts = [ds[keep] for _, ds in checked]
+    if len(parts) > 1:
+        ds = xr.concat(
+            parts,
+            dim=time_dim,
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="override",
+            combine_attrs="override",
+        )
+    else:
+        ds = parts[0]
+    level_dim = role["level"]
+    if levels is not None:
+        if level_dim is None:
+            raise MinconvError(f"{label}: levels given but the data has no level dimension")
+        missing = [lv for lv in levels if lv not in ds[level_dim].values]
+        if missing:
+            raise MinconvError(
+                f"{label}: level(s) {missing} not found; available: "
+                f"{', '.join(str(v) for v in ds[level_dim].values.tolist())}"
+            )
+        ds = ds.sel({level_dim: list(levels)})
+    sample_dims = role["sample"]
+    y_dim, x_dim = role["y"], role["x"]
+    order = (*sample_dims, time_dim, *((level_dim,) if level_dim else ()), y_dim, x_dim)
+    ds = ds.transpose(*order, ..., missing_dims="ignore")
+    if ds[selected].nbytes < LOAD_BELOW_BYTES:
+        ds = ds.load()
+    for v in selected:
+        if not ds[v].chunks and bool(ds[v].isnull().all()):
+            raise MinconvError(f"{label}: variable {v!r} is all NaN")
+    latlon = is_latitude(ds, y_dim) and is_longitude(ds, x_dim)
+    return Fields(
+        ds=ds,
+        path_label=label,
+        time_dim=time_dim,
+        y_dim=y_dim,
+        x_dim=x_dim,
+        sample_dims=tuple(sample_dims),
+        level_dim=level_dim,
+        channels=_channels(ds, selected, level_dim),
+        static_channels=_static_channels(ds, static, label, level_dim, time_dim, (y_dim, x_dim)),
+        time_step=_time_step(ds[time_dim].values),
+        is_latlon=latlon,
+        default_padding=default_padding(ds, y_dim, x_dim, latlon),
+    )
+
+
+def _select_variables(
+    ds: xr.Dataset,
+    path: Path,
+    variables: Sequence[str] | None,
+    static: Sequence[str],
+    dims: Mapping[str, Any] | None,
+) -> list[str]:
+    """The requested variables (each must exist), or every variable with time, y and x dims."""
+    available = [str(v) for v in ds.data_vars]
+    for v in [*(variables or []), *static]:
+        if v not in ds.data_vars and v not in ds.coords:
+            raise MinconvError(
+                f"{path}: variable {v!r} not found; available: {', '.join(available)}"
+            )
+    if variables:
+        return list(variables)
+    role = recognise_dims(ds, ds.dims, str(path), dims)
+    wanted = {role["time"], role["y"], role["x"]}
+    chosen = [v for v in available if wanted <= set(ds[v].dims) and v not in static]
+    if not chosen:
+        raise MinconvError(
+            f"{path}: no variable has the dims ({role['time']}, {role['y']}, {role['x']}); "
+            f"variables: {', '.join(available)}"
+        )
+    return chosen
+
+
+def _dims_of(ds: xr.Dataset, names: Sequence[str]) -> list[str]:
+    return [str(d) for v in names for d in ds[v].dims]
+
+
+def _check_times(path: Path, times: np.ndarray) -> None:
+    if len(times) > 1:
+        diffs = np.diff(times)
+        zero = np.zeros((), diffs.dtype)
+        bad = np.flatnonzero(diffs <= zero)
+        if len(bad):
+            i = int(bad[0])
+            kind = "duplicate" if diffs[i] == zero else "non-monotonic"
+            raise MinconvError(
+                f"{path}: {kind} times at index {i + 1} ({times[i]} then {times[i + 1]}); times must increase"
+            )
+
+
+def _check_same_grid(pa: Path, a: xr.Dataset, pb: Path, b: xr.Dataset, role: Mapping) -> None:
+    """Files joined along time must share y, x, level and sample coordinates."""
+    for key in ("y", "x", "level", *[None]):
+        dim = role.get(key) if key else None
+        if dim is None:
+            continue
+        na, nb = a.sizes.get(dim), b.sizes.get(dim)
+        same = na == nb
+        if same and dim in a.coords and dim in b.coords:
+            va, vb = a[dim].values, b[dim].values
+            same = (
+                np.allclose(va, vb, equal_nan=True)
+                if va.dtype.kind in "fiu" and vb.dtype.kind in "fiu"
+                else bool(np.array_equal(va, vb))
+            )
+        if not same:
+            raise MinconvError(
+                f"{pb}: grid differs from {pa} along {dim!r} ({nb} vs {na} points or other values)"
+            )
+    for dim in role["sample"]:
+        if a.sizes.get(dim) != b.sizes.get(dim):
+            raise MinconvError(
+                f"{pb}: {dim!r} has {b.sizes.get(dim)} entries but {pa} has {a.sizes.get(dim)}"
+            )
+
+
+def _time_step(times: np.ndarray) -> Any:
+    """The most common spacing of the times (np.timedelta64 or float); None for a single time."""
+    if len(times) < 2:
+        return None
+    diffs = np.diff(times)
+    values, counts = np.unique(diffs, return_counts=True)
+    step = values[np.argmax(counts)]
+    return step if times.dtype.kind == "M" else float(step)
+
+
+def _level_name(level: Any) -> str:
+    return f"{level:g}" if isinstance(level, float) else str(level)
+
+
+def _channels(ds: xr.Dataset, names: Sequence[str], level_dim: str | None) -> list[Channel]:
+    out = []
+    for v in names:
+        attrs = jsonable(dict(ds[v].attrs))
+        units = str(ds[v].attrs.get("units", ""))
+        if level_dim and level_dim in ds[v].dims:
+            for level in ds[level_dim].values.tolist():
+                out.append(Channel(f"{v}_{_level_name(level)}", v, level, units, attrs))
+        else:
+            out.append(Channel(str(v), str(v), None, units, attrs))
+    return out
+
+
+def _static_channels(
+    ds: xr.Dataset,
+    names: Sequence[str],
+    label: str,
+    level_dim: str | None,
+    time_dim: str,
+    grid_dims: tuple[str, str],
+) -> list[Channel]:
+    """Static inputs: fields over (y, x) (the first time and sample are used if they have more)."""
+    for v in names:
+        if not set(ds[v].dims) & set(grid_dims):
+            raise MinconvError(f"{label}: static {v!r} has neither of the grid dims {grid_dims}")
+    return _channels(ds, names, level_dim)

@@ -1,0 +1,102 @@
+"""`split_fields`: a subset of `Fields` by time range, sample index range, fraction or named split."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from minconv_cli.data.fields import Fields
+from minconv_cli.errors import MinconvError
+
+_FRACTION = re.compile(r"^\s*(\d*\.?\d*)\s*:\s*(\d*\.?\d*)\s*$")
+
+
+def split_fields(fields: Fields, spec: str) -> Fields:
+    """Subset by `"START/END"` (times, inclusive), `"dim=a:b"` (sample positions), `"0.0:0.8"`
+    (fraction of samples, or of time without sample dims) or `"coord=value"` (e.g. `split=train`)."""
+    spec = str(spec).strip()
+    label = f"{fields.path_label} [{spec}]"
+    if "/" in spec:
+        ds = _time_range(fields, spec)
+    elif "=" in spec:
+        name, value = (s.strip() for s in spec.split("=", 1))
+        if name in fields.sample_dims:
+            n = fields.ds.sizes[name]
+            ds = fields.ds.isel({name: _index_slice(fields, spec, value, n)})
+        else:
+            ds = _named_split(fields, spec, name, value)
+    elif _FRACTION.match(spec):
+        ds = _fraction(fields, spec)
+    else:
+        raise MinconvError(
+            f"split {spec!r}: expected START/END times, DIM=a:b, a fraction range like 0.0:0.8, or split=NAME"
+        )
+    return fields.with_ds(ds, label)
+
+
+def _time_range(fields: Fields, spec: str):
+    start, end = (s.strip() or None for s in spec.split("/", 1))
+    if not fields.time_is_datetime:
+        try:
+            start = float(start) if start is not None else None
+            end = float(end) if end is not None else None
+        except ValueError:
+            raise MinconvError(
+                f"split {spec!r}: {fields.path_label} has numeric times; give numbers like 10/40"
+            ) from None
+    try:
+        ds = fields.ds.sel({fields.time_dim: slice(start, end)})
+    except (KeyError, ValueError, TypeError) as err:
+        raise MinconvError(f"split {spec!r}: cannot select times ({err})") from None
+    if ds.sizes[fields.time_dim] == 0:
+        raise MinconvError(
+            f"split {spec!r}: no times of {fields.path_label} in range "
+            f"(data covers {fields.times[0]} to {fields.times[-1]})"
+        )
+    return ds
+
+
+def _index_slice(fields: Fields, spec: str, value: str, n: int) -> slice:
+    try:
+        if ":" in value:
+            a, b = (int(s) if s.strip() else None for s in value.split(":", 1))
+            sl = slice(a, b)
+        else:
+            i = int(value)
+            sl = slice(i, i + 1)
+    except ValueError:
+        raise MinconvError(f"split {spec!r}: expected integer positions like 0:800") from None
+    if len(range(n)[sl]) == 0:
+        raise MinconvError(f"split {spec!r}: selects nothing of {n} entries in {fields.path_label}")
+    return sl
+
+
+def _named_split(fields: Fields, spec: str, name: str, value: str):
+    if name not in fields.ds.coords:
+        raise MinconvError(
+            f"split {spec!r}: {fields.path_label} has no sample dim or coordinate {name!r} "
+            f"(sample dims: {', '.join(fields.sample_dims) or 'none'})"
+        )
+    coord = fields.ds[name]
+    if coord.ndim != 1 or coord.dims[0] not in fields.sample_dims:
+        raise MinconvError(f"split {spec!r}: coordinate {name!r} does not run along a sample dim")
+    hits = np.flatnonzero(coord.values.astype(str) == value)
+    if len(hits) == 0:
+        found = sorted(set(coord.values.astype(str).tolist()))
+        raise MinconvError(f"split {spec!r}: no {name} == {value!r} (values: {', '.join(found)})")
+    return fields.ds.isel({coord.dims[0]: hits})
+
+
+def _fraction(fields: Fields, spec: str):
+    m = _FRACTION.match(spec)
+    a = float(m.group(1) or 0.0)
+    b = float(m.group(2) or 1.0)
+    if not 0.0 <= a < b <= 1.0:
+        raise MinconvError(f"split {spec!r}: fractions must satisfy 0 <= start < end <= 1")
+    dim = fields.sample_dims[0] if fields.sample_dims else fields.time_dim
+    n = fields.ds.sizes[dim]
+    lo, hi = int(round(a * n)), int(round(b * n))
+    if hi <= lo:
+        raise MinconvError(f"split {spec!r}: selects nothing of {n} entries along {dim!r}")
+    return fields.ds.isel({dim: slice(lo, hi)})
