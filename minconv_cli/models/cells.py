@@ -1,0 +1,146 @@
+"""Recurrent cells: the Min family (MinConvGRU/LSTM/ExpLSTM) and the ConvGRU/ConvLSTM baselines.
+
+Every cell works on time-major sequences (T, B, C, H, W) and single frames (B, C, H, W):
+`sequence(x, state) -> (h, state)` and `step(x, state) -> (h, state)`; a state of None means zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minconv_cli.models.gates import g, gated_recurrence, update_logit
+from minconv_cli.models.padding import GridConv2d
+from minconv_cli.scan import linear_recurrence
+
+MIN_KINDS = {"minconvgru": "gru", "minconvlstm": "lstm", "minconvexplstm": "explstm"}
+CELL_BACKENDS = ("auto", "fused", "linear", "log")
+
+
+class MinConvCell(nn.Module):
+    """h_t = (1 - z_t) h_{t-1} + z_t g(p_t), gates from one conv of the input x_t only.
+
+    Teacher-forced sequences: one batched conv over all T*B frames, then the scan (`fused`: one
+    autograd function for gates + recurrence; `linear`/`log`: explicit a, b through
+    `linear_recurrence`). `auto` is `fused`.
+    """
+
+    def __init__(
+        self, kind: str, in_channels: int, hidden: int, conv_kwargs: dict, backend: str = "auto"
+    ):
+        super().__init__()
+        if backend not in CELL_BACKENDS:
+            raise ValueError(
+                f"scan_backend: expected one of {', '.join(CELL_BACKENDS)}, got {backend!r}"
+            )
+        self.kind = kind
+        self.hidden = hidden
+        self.backend = backend
+        n_gates = 2 if kind == "gru" else 3
+        self.conv = GridConv2d(in_channels, n_gates * hidden, **conv_kwargs)
+
+    def logits(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, p) from the conv output u (..., n_gates*hidden, H, W): z = sigmoid(s), candidate g(p)."""
+        parts = list(u.split(self.hidden, dim=-3))
+        return update_logit(self.kind, parts[:-1]), parts[-1]
+
+    def gates(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrence coefficients (a, b) from the conv output: h_t = a h_{t-1} + b."""
+        s, p = self.logits(u)
+        z = torch.sigmoid(s)
+        return 1 - z, z * g(p)
+
+    def sequence(
+        self, x: torch.Tensor, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        T, B = x.shape[:2]
+        u = self.conv(x.reshape(T * B, *x.shape[2:]))
+        u = u.view(T, B, *u.shape[1:])
+        if self.backend in ("auto", "fused"):
+            h = gated_recurrence(*self.logits(u), state)
+        else:
+            a, b = self.gates(u)
+            h = linear_recurrence(a, b, state, dim=0, backend=self.backend)
+        return h, h[-1]
+
+    def step(
+        self, x: torch.Tensor, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        s, p = self.logits(self.conv(x))
+        z = torch.sigmoid(s)
+        h = z * g(p) if state is None else torch.lerp(state, g(p), z)
+        return h, h
+
+    def init_state(self, batch: int, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        return like.new_zeros(batch, self.hidden, *grid)
+
+
+class _StepwiseCell(nn.Module):
+    """Baselines run step by step also under teacher forcing (their gates see h)."""
+
+    hidden: int
+
+    def sequence(self, x: torch.Tensor, state):
+        outs = []
+        for t in range(x.shape[0]):
+            h, state = self.step(x[t], state)
+            outs.append(h)
+        return torch.stack(outs), state
+
+
+class ConvGRUCell(_StepwiseCell):
+    """ConvGRU: z, r = sigmoid(conv[x, h]); h~ = tanh(conv[x, r h]); h = (1 - z) h + z h~."""
+
+    def __init__(self, in_channels: int, hidden: int, conv_kwargs: dict):
+        super().__init__()
+        self.hidden = hidden
+        self.gates_conv = GridConv2d(in_channels + hidden, 2 * hidden, **conv_kwargs)
+        self.cand_conv = GridConv2d(in_channels + hidden, hidden, **conv_kwargs)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor | None):
+        h = state if state is not None else x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
+        z, r = torch.sigmoid(self.gates_conv(torch.cat([x, h], dim=1))).chunk(2, dim=1)
+        cand = torch.tanh(self.cand_conv(torch.cat([x, r * h], dim=1)))
+        h = torch.lerp(h, cand, z)
+        return h, h
+
+    def init_state(self, batch: int, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        return like.new_zeros(batch, self.hidden, *grid)
+
+
+class ConvLSTMCell(_StepwiseCell):
+    """ConvLSTM (Shi et al. 2015): i, f, o, c~ from conv[x, h]; optional peepholes on c (per grid cell)."""
+
+    def __init__(
+        self, in_channels: int, hidden: int, conv_kwargs: dict, peepholes: bool = False, grid=None
+    ):
+        super().__init__()
+        self.hidden = hidden
+        self.conv = GridConv2d(in_channels + hidden, 4 * hidden, **conv_kwargs)
+        if peepholes:
+            if grid is None:
+                raise ValueError(
+                    "peepholes: expected grid=(H, W) (peephole weights are per grid cell), got None"
+                )
+            self.peep = nn.Parameter(torch.zeros(3, hidden, *grid))
+        else:
+            self.register_parameter("peep", None)
+
+    def step(self, x: torch.Tensor, state):
+        if state is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
+            state = (zeros, zeros)
+        h, c = state
+        i, f, o, cand = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        if self.peep is not None:
+            i = i + self.peep[0] * c
+            f = f + self.peep[1] * c
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(cand)
+        if self.peep is not None:
+            o = o + self.peep[2] * c
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, (h, c)
+
+    def init_state(self, batch: int, grid: tuple[int, int], like: torch.Tensor):
+        zeros = like.new_zeros(batch, self.hidden, *grid)
+        return (zeros, zeros.clone())

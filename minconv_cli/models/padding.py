@@ -1,0 +1,53 @@
+"""Convolutions whose padding follows the domain: zeros, circular (torus), cylinder (periodic in x only)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PADDINGS = ("zeros", "circular", "cylinder")
+CYLINDER_PADS = ("zeros", "replicate")
+
+
+class GridConv2d(nn.Conv2d):
+    """A "same"-size 2-D convolution with `zeros`, `circular` or `cylinder` padding.
+
+    `cylinder` is circular along the last dim (longitude) and zeros or replicate (`cylinder_pad`)
+    along the one before (latitude).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        padding: str = "zeros",
+        cylinder_pad: str = "zeros",
+        bias: bool = True,
+    ) -> None:
+        if padding not in PADDINGS:
+            raise ValueError(f"padding: expected one of {', '.join(PADDINGS)}, got {padding!r}")
+        if cylinder_pad not in CYLINDER_PADS:
+            raise ValueError(
+                f"cylinder_pad: expected one of {', '.join(CYLINDER_PADS)}, got {cylinder_pad!r}"
+            )
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: expected an odd positive integer, got {kernel_size}")
+        own = kernel_size // 2 if padding == "zeros" else 0
+        super().__init__(in_channels, out_channels, kernel_size, padding=own, bias=bias)
+        self.grid_padding = padding
+        self.cylinder_pad = cylinder_pad
+        self.halo = kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.halo
+        if r and self.grid_padding == "circular":
+            x = F.pad(x, (r, r, r, r), mode="circular")
+        elif r and self.grid_padding == "cylinder":
+            x = F.pad(x, (r, r, 0, 0), mode="circular")
+            if self.cylinder_pad == "replicate":
+                x = F.pad(x, (0, 0, r, r), mode="replicate")
+            else:
+                x = F.pad(x, (0, 0, r, r))
+        return super().forward(x)

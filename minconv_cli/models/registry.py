@@ -1,0 +1,171 @@
+"""Models by name (`create_model`, `MODEL_NAMES`) and sizing to a parameter budget (`width_for_params`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from minconv_cli.models.cells import CELL_BACKENDS
+from minconv_cli.models.network import NORMS, PREDICTS, RecurrentForecaster
+from minconv_cli.models.padding import CYLINDER_PADS, PADDINGS
+
+MODEL_NAMES = ("minconvgru", "minconvlstm", "minconvexplstm", "convgru", "convlstm")
+
+_OPTIONS = {
+    "widths": None,
+    "predict": "next",
+    "static_channels": 0,
+    "scan_backend": "auto",
+    "peepholes": False,
+    "cylinder_pad": "zeros",
+    "norm_groups": 1,
+    "time_chunk": 0,
+}
+
+
+def _choice(option: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{option}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def create_model(
+    name: str,
+    in_channels: int,
+    out_channels: int | None = None,
+    width: int = 32,
+    layers: int = 2,
+    kernel_size: int = 3,
+    padding: str = "zeros",
+    norm: str = "layer",
+    grid: Sequence[int] | None = None,
+    **options: Any,
+) -> RecurrentForecaster:
+    """Build one of `MODEL_NAMES`; `create_model(**model.hparams)` rebuilds the same architecture.
+
+    options: widths (per layer), predict ("next" | "increment"), static_channels, scan_backend
+    ("auto" | "fused" | "linear" | "log"), peepholes (convlstm), cylinder_pad ("zeros" |
+    "replicate"), norm_groups (for norm="group"), time_chunk (teacher-forced frames per chunk, 0: auto).
+    """
+    _choice("model", name, MODEL_NAMES)
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"create_model options: expected some of {', '.join(_OPTIONS)}, got {', '.join(unknown)}"
+        )
+    opts = {**_OPTIONS, **options}
+    _choice("padding", padding, PADDINGS)
+    _choice("norm", norm, NORMS)
+    _choice("predict", opts["predict"], PREDICTS)
+    _choice("scan_backend", opts["scan_backend"], CELL_BACKENDS)
+    _choice("cylinder_pad", opts["cylinder_pad"], CYLINDER_PADS)
+    static = int(opts["static_channels"])
+    if not 0 <= static < in_channels:
+        raise ValueError(
+            f"static_channels: expected 0..{in_channels - 1} (fewer than in_channels), got {static}"
+        )
+    out_channels = in_channels - static if out_channels is None else int(out_channels)
+    if opts["predict"] == "increment" and out_channels != in_channels - static:
+        raise ValueError(
+            f"predict='increment': expected out_channels == dynamic input channels ({in_channels - static}), got {out_channels}"
+        )
+    widths = (
+        [int(w) for w in opts["widths"]]
+        if opts["widths"] is not None
+        else [int(width)] * int(layers)
+    )
+    if not widths or min(widths) < 1:
+        raise ValueError(f"widths: expected at least one positive width, got {widths}")
+    if grid is not None:
+        grid = tuple(int(n) for n in grid)
+        if len(grid) != 2 or min(grid) < 1:
+            raise ValueError(f"grid: expected (H, W) with positive sizes, got {grid}")
+    if norm == "layer" and grid is None:
+        raise ValueError(
+            "norm='layer': expected grid=(H, W) (LayerNorm over the grid has per-cell parameters), got None"
+        )
+    if norm == "group" and any(w % int(opts["norm_groups"]) for w in widths):
+        raise ValueError(
+            f"norm_groups: expected a divisor of every width {widths}, got {opts['norm_groups']}"
+        )
+    if int(opts["time_chunk"]) < 0:
+        raise ValueError(
+            f"time_chunk: expected 0 (auto) or a positive number of frames, got {opts['time_chunk']}"
+        )
+    hparams = {
+        "name": name,
+        "in_channels": int(in_channels),
+        "out_channels": out_channels,
+        "width": widths[0],
+        "layers": len(widths),
+        "kernel_size": int(kernel_size),
+        "padding": padding,
+        "norm": norm,
+        "grid": list(grid) if grid is not None else None,
+        **{
+            **opts,
+            "widths": widths,
+            "static_channels": static,
+            "peepholes": bool(opts["peepholes"]),
+        },
+    }
+    return RecurrentForecaster(
+        name=name,
+        in_channels=int(in_channels),
+        out_channels=out_channels,
+        widths=widths,
+        kernel_size=int(kernel_size),
+        padding=padding,
+        norm=norm,
+        grid=grid,
+        predict=opts["predict"],
+        static_channels=static,
+        scan_backend=opts["scan_backend"],
+        peepholes=bool(opts["peepholes"]),
+        cylinder_pad=opts["cylinder_pad"],
+        norm_groups=int(opts["norm_groups"]),
+        time_chunk=int(opts["time_chunk"]),
+        hparams=hparams,
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def width_for_params(
+    name: str,
+    params: int,
+    in_channels: int,
+    layers: int,
+    grid: Sequence[int] | None,
+    out_channels: int | None = None,
+    **kwargs: Any,
+) -> int:
+    """The width (same for every layer) whose parameter count is closest to `params`.
+
+    kwargs are passed to `create_model` (kernel_size, norm, padding, options); models are built on
+    the meta device, so sizing is cheap and counts exactly what `create_model` builds.
+    """
+    if params < 1:
+        raise ValueError(f"params: expected a positive parameter budget, got {params}")
+
+    def count(width: int) -> int:
+        with torch.device("meta"):
+            model = create_model(
+                name, in_channels, out_channels, width=width, layers=layers, grid=grid, **kwargs
+            )
+        return count_parameters(model)
+
+    lo, hi = 1, 2
+    while count(hi) < params:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count(mid) < params:
+            lo = mid
+        else:
+            hi = mid
+    return min((lo, hi), key=lambda w: abs(count(w) - params))
