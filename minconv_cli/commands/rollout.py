@@ -1,8 +1,95 @@
-"""`minconv rollout`: not available yet."""
+"""`minconv rollout`: forecasts from new initial conditions into a Zarr store."""
 
-from minconv_cli.commands._common import fail
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from minconv_cli.commands._common import console, print_json, user_errors
 
 
-def rollout() -> None:
-    """(not available yet) This command is being built."""
-    raise fail("'minconv rollout' is not available yet in this version")
+@user_errors
+def rollout(
+    checkpoint: Path = typer.Argument(
+        ..., help="Checkpoint file (model.pt) written by `minconv train`."
+    ),
+    data: list[Path] = typer.Argument(
+        ...,
+        help="NetCDF file(s) or Zarr store(s) holding the initial conditions and their context frames.",
+    ),
+    steps: int = typer.Option(..., "--steps", "-n", help="Lead times to forecast (model steps)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Forecast Zarr store to write."),
+    init_times: str | None = typer.Option(
+        None,
+        "--init-times",
+        help="Init times: 'all', a list 'T1,T2', ranges 'START/STOP[/STRIDE]' (e.g. "
+        "2009-01-01/2010-12-31/7D), or numbers for numeric time. Default: all (datetime data), "
+        "the first possible time (data with a trajectory/sample dim).",
+    ),
+    context: int | None = typer.Option(
+        None,
+        "--context",
+        "-k",
+        help="Context frames ingested per init time (default: the training context).",
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Sequences forecast together."),
+    zarr_format: int = typer.Option(2, "--zarr-format", help="Zarr format of the store: 2 or 3."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing store (once the new one is complete)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Complete an interrupted store made with the same settings."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="torch device: auto, cpu, cuda, cuda:1, ..."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Roll a trained model forward from initial conditions and write a WeatherBench 2-style Zarr forecast."""
+    from minconv_cli.errors import MinconvError
+    from minconv_cli.rollout import rollout as run_rollout
+
+    if overwrite and resume:
+        raise MinconvError("--overwrite and --resume: choose one")
+    mode = "overwrite" if overwrite else "resume" if resume else "create"
+    command = shlex.join(["minconv", *sys.argv[1:]])
+    with Progress(
+        TextColumn("rollout"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("rollout", total=None)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = run_rollout(
+            checkpoint,
+            data,
+            steps,
+            out,
+            init_times=init_times,
+            context=context,
+            batch_size=batch_size,
+            zarr_format=zarr_format,
+            mode=mode,
+            device=device,
+            command=command,
+            progress=report,
+        )
+    if json_out:
+        print_json(result.to_dict())
+    elif not quiet:
+        console.print(
+            f"wrote {result.path}: {len(result.init_times)} init time(s) x {result.samples} sample(s), "
+            f"{result.steps} steps, {', '.join(result.variables)} in {result.seconds:.1f} s"
+        )

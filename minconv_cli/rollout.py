@@ -1,0 +1,666 @@
+"""Forecasts from initial conditions: check the data against a checkpoint, roll the model forward,
+and write a WeatherBench 2-layout Zarr store batch by batch, so an interrupted run can resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from minconv_cli import __version__
+from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields
+from minconv_cli.errors import MinconvError
+
+DONE = "minconv_done"
+SETTINGS_ATTR = "minconv_rollout"
+LEAD_DIM = "prediction_timedelta"
+INIT_DIM = "time"
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class RolloutResult:
+    """What a rollout wrote: the store, its init times, leads and variables, and how long it took."""
+
+    path: str
+    init_times: list[Any]
+    samples: int
+    steps: int
+    variables: list[str]
+    written: int
+    skipped: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# --------------------------------------------------------------------------- checkpoint vs data
+
+
+def time_step_of(meta: dict) -> np.timedelta64 | float:
+    """The training time step stored in the checkpoint meta (np.timedelta64[ns] or float)."""
+    step = meta.get("time_step")
+    if step is None:
+        raise MinconvError("checkpoint: no time step recorded (it cannot drive a rollout)")
+    if meta.get("time_is_datetime"):
+        return pd.Timedelta(step).to_timedelta64().astype("timedelta64[ns]")
+    return float(step)
+
+
+def open_matching_fields(data: Sequence[str | Path], meta: dict) -> Fields:
+    """Open DATA with the checkpoint's variables, statics, levels and (where present) dim names."""
+    channels, statics = meta["channels"], meta.get("static_channels", [])
+    variables = list(dict.fromkeys(c["variable"] for c in channels))
+    static = list(dict.fromkeys(c["variable"] for c in statics))
+    levels = [c["level"] for c in channels if c.get("level") is not None]
+    grid = meta["grid"]
+    named = {
+        "time": meta.get("time_dim", grid.get("time_dim")),
+        "y": grid["y_dim"],
+        "x": grid["x_dim"],
+        "level": grid.get("level_dim"),
+    }
+    present = set(open_dataset(data[0]).dims)
+    dims: dict[str, Any] = {role: name for role, name in named.items() if name in present}
+    samples = [d for d in meta.get("sample_dims", grid.get("sample_dims", [])) if d in present]
+    if samples:
+        dims["sample"] = samples
+    return open_fields(
+        list(data),
+        variables=variables,
+        static=static or None,
+        dims=dims,
+        levels=list(dict.fromkeys(levels)) or None,
+    )
+
+
+@dataclass(frozen=True)
+class GridOrder:
+    """Which grid axes of the data run opposite to the checkpoint's (flipped on reading)."""
+
+    flip_y: bool = False
+    flip_x: bool = False
+
+
+def check_against_checkpoint(fields: Fields, meta: dict) -> GridOrder:
+    """Every way DATA differs from what the model was trained on, as one MinconvError line."""
+    problems: list[str] = []
+    want = [(c["name"], c.get("units", "")) for c in meta["channels"]]
+    have = [(c.name, c.units) for c in fields.channels]
+    if [n for n, _ in want] != [n for n, _ in have]:
+        problems.append(
+            f"channels {[n for n, _ in have]} differ from the checkpoint's {[n for n, _ in want]}"
+        )
+    else:
+        for (name, u_want), (_, u_have) in zip(want, have, strict=True):
+            if str(u_want) != str(u_have):
+                problems.append(f"{name!r} has units {u_have!r}, the checkpoint {u_want!r}")
+    want_static = [c["name"] for c in meta.get("static_channels", [])]
+    have_static = [c.name for c in fields.static_channels]
+    if want_static != have_static:
+        problems.append(f"static inputs {have_static} differ from the checkpoint's {want_static}")
+    order = GridOrder()
+    grid = meta["grid"]
+    flips = []
+    for axis, dim in (("y", fields.y_dim), ("x", fields.x_dim)):
+        verdict = _compare_axis(np.asarray(fields.ds[dim].values), grid[axis]["values"])
+        if verdict is None:
+            problems.append(f"grid {dim!r} differs from the checkpoint's {grid[f'{axis}_dim']!r}")
+        flips.append(verdict == "reversed")
+    order = GridOrder(*flips)
+    problems.extend(_time_problems(fields, meta))
+    if problems:
+        raise MinconvError(
+            f"{fields.path_label}: does not match the checkpoint: " + "; ".join(problems)
+        )
+    return order
+
+
+def _compare_axis(values: np.ndarray, trained: Sequence[Any]) -> str | None:
+    """`"same"`, `"reversed"` (same points in opposite order) or None (another grid)."""
+    trained_a = np.asarray(trained, dtype=np.float64)
+    if values.shape != trained_a.shape or values.dtype.kind not in "fiu":
+        return None
+    span = float(np.ptp(trained_a)) if len(trained_a) > 1 else 1.0
+    tol = 1e-6 * max(span, 1e-12) + 1e-9
+    if np.allclose(values, trained_a, rtol=0, atol=tol):
+        return "same"
+    if len(values) > 1 and np.allclose(values[::-1], trained_a, rtol=0, atol=tol):
+        return "reversed"
+    return None
+
+
+def _time_problems(fields: Fields, meta: dict) -> list[str]:
+    if bool(meta.get("time_is_datetime")) != fields.time_is_datetime:
+        kind = "datetime" if meta.get("time_is_datetime") else "numeric"
+        return [f"time axis is not {kind} like the checkpoint's"]
+    step = time_step_of(meta)
+    if fields.time_step is not None and not _same_step(fields.time_step, step):
+        return [
+            f"time step {_fmt_step(fields.time_step)} differs from the checkpoint's {_fmt_step(step)}"
+        ]
+    return []
+
+
+def _same_step(a: Any, b: Any) -> bool:
+    if isinstance(b, np.timedelta64):
+        return np.timedelta64(a, "ns") == b
+    return math.isclose(float(a), float(b), rel_tol=1e-6)
+
+
+def _fmt_step(step: Any) -> str:
+    if isinstance(step, np.timedelta64):
+        return str(pd.Timedelta(step))
+    return f"{float(step):g}"
+
+
+# --------------------------------------------------------------------------- init times
+
+
+def select_init_times(spec: str | None, fields: Fields, context: int, step: Any) -> np.ndarray:
+    """Indices along DATA's time axis of the init times a SPEC names, each with `context` frames.
+
+    SPEC: None (every possible time; for data with sample dims, the first one: index context-1),
+    `all`, a comma-separated list of times, or ranges `start/stop[/stride]` (inclusive).
+    """
+    n = fields.n_times
+    if n < context:
+        raise MinconvError(
+            f"{fields.path_label}: {n} time step(s), fewer than the {context} context frames"
+        )
+    if spec is None:
+        spec = "first" if fields.sample_dims else "all"
+    spec = spec.strip()
+    if spec in ("all", "first"):
+        candidates = range(context - 1, n) if spec == "all" else [context - 1]
+        chosen = [i for i in candidates if _window_regular(fields.times, i, context, step)]
+        if not chosen:
+            raise MinconvError(
+                f"{fields.path_label}: no time has {context} evenly spaced frames up to it"
+            )
+        return np.asarray(chosen, dtype=np.int64)
+    indices: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        for value in _expand(part, fields, step):
+            indices.append(_time_index(fields, value))
+    if not indices:
+        raise MinconvError(f"--init-times: {spec!r} names no time")
+    for i in sorted(set(indices)):
+        if i < context - 1:
+            raise MinconvError(
+                f"{fields.path_label}: init time {fields.times[i]} has only {i + 1} frame(s) up to it; "
+                f"the context needs {context}"
+            )
+        if not _window_regular(fields.times, i, context, step):
+            raise MinconvError(
+                f"{fields.path_label}: the {context} frames up to init time {fields.times[i]} "
+                f"are not evenly spaced by {_fmt_step(step)}"
+            )
+    return np.asarray(sorted(set(indices)), dtype=np.int64)
+
+
+def time_labels(times: np.ndarray) -> list[Any]:
+    """Init times as JSON values: ISO strings for datetimes, numbers otherwise."""
+    if times.dtype.kind == "M":
+        return [pd.Timestamp(t).isoformat() for t in times]
+    return [float(t) for t in times]
+
+
+def _window_regular(times: np.ndarray, i: int, context: int, step: Any) -> bool:
+    window = times[i - context + 1 : i + 1]
+    if len(window) < 2:
+        return True
+    diffs = np.diff(window)
+    if isinstance(step, np.timedelta64):
+        return bool(np.all(diffs.astype("timedelta64[ns]") == step))
+    return bool(np.allclose(diffs.astype(np.float64), step, rtol=1e-6, atol=0))
+
+
+def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
+    """One list item: a single time, or `start/stop[/stride]` expanded to its times."""
+    pieces = part.split("/")
+    if len(pieces) == 1:
+        return [_parse_time(pieces[0], fields)]
+    if len(pieces) not in (2, 3):
+        raise MinconvError(f"--init-times: {part!r} is not start/stop or start/stop/stride")
+    start, stop = _parse_time(pieces[0], fields), _parse_time(pieces[1], fields)
+    stride = _parse_stride(pieces[2], fields) if len(pieces) == 3 else step
+    if stop < start:
+        raise MinconvError(f"--init-times: range {part!r} ends before it starts")
+    if fields.time_is_datetime:
+        return list(np.arange(start, stop + np.timedelta64(1, "ns"), stride))
+    count = int(math.floor((stop - start) / stride + 1e-9)) + 1
+    return [start + k * stride for k in range(count)]
+
+
+def _parse_time(text: str, fields: Fields) -> Any:
+    try:
+        if fields.time_is_datetime:
+            return np.datetime64(pd.Timestamp(text.strip()).to_datetime64(), "ns")
+        return float(text)
+    except (ValueError, TypeError):
+        kind = "a date/time" if fields.time_is_datetime else "a number"
+        raise MinconvError(f"--init-times: cannot read {text.strip()!r} as {kind}") from None
+
+
+def _parse_stride(text: str, fields: Fields) -> Any:
+    try:
+        if fields.time_is_datetime:
+            stride = pd.Timedelta(text.strip()).to_timedelta64().astype("timedelta64[ns]")
+            ok = stride > np.timedelta64(0, "ns")
+        else:
+            stride = float(text)
+            ok = stride > 0
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise MinconvError(f"--init-times: stride {text.strip()!r} is not a positive time step")
+    return stride
+
+
+def _time_index(fields: Fields, value: Any) -> int:
+    times = fields.times
+    if fields.time_is_datetime:
+        hits = np.flatnonzero(times.astype("datetime64[ns]") == value)
+    else:
+        scale = abs(float(fields.time_step)) if fields.time_step else 1.0
+        hits = np.flatnonzero(
+            np.isclose(times.astype(np.float64), value, rtol=0, atol=1e-6 * scale)
+        )
+    if not len(hits):
+        shown = str(pd.Timestamp(value)) if fields.time_is_datetime else f"{value:g}"
+        raise MinconvError(
+            f"{fields.path_label}: init time {shown} is not in the data "
+            f"(it covers {times[0]} to {times[-1]})"
+        )
+    return int(hits[0])
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def forecast(
+    model: Any,
+    normalizer: Normalizer,
+    frames: np.ndarray,
+    static: np.ndarray | None,
+    steps: int,
+    device: Any = "cpu",
+) -> np.ndarray:
+    """Leads 1..steps in physical units (B, steps, C, H, W) from context frames (B, K, C, H, W).
+
+    The context is ingested in parallel mode; its last output is lead 1, then `model.step` runs
+    steps-1 times carrying the state, so the cost is linear in `steps`.
+    """
+    import torch
+
+    x, _ = normalizer.normalize(frames)
+    with torch.inference_mode():
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        st = None
+        if static is not None and static.shape[0]:
+            s = torch.from_numpy(np.ascontiguousarray(normalizer.normalize_static(static))).to(
+                device
+            )
+            st = s.unsqueeze(0).expand(xt.shape[0], *s.shape).contiguous()
+        y, state = model(xt, context=xt.shape[1], static=st, return_state=True)
+        pred = y[:, -1]
+        leads = [pred]
+        for _ in range(steps - 1):
+            pred, state = model.step(pred, state, static=st)
+            leads.append(pred)
+        out = normalizer.denormalize(torch.stack(leads, dim=1))
+        return out.float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class StoreLayout:
+    """Names, coordinates and chunking of a forecast store, derived from DATA and the request."""
+
+    template: xr.Dataset
+    encoding: dict
+    variables: list[str]
+    sample_dims: tuple[str, ...]
+    level_dim: str | None
+    settings: dict
+
+
+def store_layout(
+    fields: Fields,
+    order: GridOrder,
+    init_index: np.ndarray,
+    steps: int,
+    step: Any,
+    settings: dict,
+    attrs: dict,
+) -> StoreLayout:
+    """The lazy template of the whole store: coordinates, empty float32 variables and done flags."""
+    import dask.array as dsa
+
+    ds = fields.ds
+    y, x = fields.y_dim, fields.x_dim
+    coords: dict[str, Any] = {}
+    init_values = fields.times[init_index]
+    time_attrs = dict(ds[fields.time_dim].attrs)
+    if fields.time_is_datetime:
+        time_attrs = {k: v for k, v in time_attrs.items() if k not in ("units", "calendar")}
+        lead_values = (np.arange(1, steps + 1) * step).astype("timedelta64[ns]")
+        lead_attrs = {"long_name": "lead time"}
+    else:
+        lead_values = np.arange(1, steps + 1, dtype=np.float64) * float(step)
+        lead_attrs = {"long_name": "lead time", **_units_of(time_attrs)}
+    time_attrs["long_name"] = "initialisation time"
+    coords[INIT_DIM] = (INIT_DIM, init_values, time_attrs)
+    coords[LEAD_DIM] = (LEAD_DIM, lead_values, lead_attrs)
+    for d in fields.sample_dims:
+        coords[d] = (
+            (d, ds[d].values, dict(ds[d].attrs)) if d in ds.coords else (d, np.arange(ds.sizes[d]))
+        )
+    for name, c in ds.coords.items():
+        if name not in ds.dims and c.dims and set(c.dims) <= set(fields.sample_dims):
+            # fixed-width unicode has no Zarr v3 spec yet (zarr warns); object strings do
+            values = c.values.astype(object) if c.dtype.kind == "U" else c.values
+            coords[str(name)] = (c.dims, values, dict(c.attrs))
+    level = fields.level_dim
+    if level:
+        coords[level] = (level, ds[level].values, dict(ds[level].attrs))
+    for dim, flip in ((y, order.flip_y), (x, order.flip_x)):
+        values = np.asarray(ds[dim].values)
+        coords[dim] = (dim, values[::-1] if flip else values, dict(ds[dim].attrs))
+    shape_of = {**dict(ds.sizes), INIT_DIM: len(init_values), LEAD_DIM: steps}
+    sample_shape = tuple(ds.sizes[d] for d in fields.sample_dims)
+    coords[DONE] = (
+        (INIT_DIM, *fields.sample_dims),
+        np.zeros((len(init_values), *sample_shape), dtype=bool),
+        {"long_name": "forecast written (minconv rollout bookkeeping)"},
+    )
+    data_vars = {}
+    encoding: dict[str, Any] = {DONE: {"chunks": (1,) * (1 + len(sample_shape))}}
+    for var in fields.variables:
+        dims = (INIT_DIM, LEAD_DIM, *fields.sample_dims)
+        if level and level in ds[var].dims:
+            dims = (*dims, level)
+        dims = (*dims, y, x)
+        shape = tuple(shape_of[d] for d in dims)
+        data_vars[var] = (
+            dims,
+            dsa.empty(shape, chunks=shape, dtype=np.float32),
+            dict(ds[var].attrs),
+        )
+        chunks = tuple(1 if d in (INIT_DIM, *fields.sample_dims) else shape_of[d] for d in dims)
+        encoding[var] = {"chunks": chunks, "_FillValue": np.float32(np.nan), "dtype": "float32"}
+    template = xr.Dataset(
+        data_vars, coords=coords, attrs={**attrs, SETTINGS_ATTR: json.dumps(settings)}
+    )
+    return StoreLayout(template, encoding, fields.variables, fields.sample_dims, level, settings)
+
+
+def _units_of(attrs: dict) -> dict:
+    return {"units": attrs["units"]} if "units" in attrs else {}
+
+
+def create_store(layout: StoreLayout, path: Path, zarr_format: int) -> None:
+    """Write the store's metadata and coordinates (no forecast yet) to `path`, atomically."""
+    tmp = path.with_name(f".{path.name}.minconv-new")
+    _remove(tmp)
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not yet in the v3 spec; zarr-python and
+        # xarray read it, and without it every plain xr.open_zarr of a v3 store warns instead.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        layout.template.to_zarr(
+            tmp,
+            mode="w-",
+            compute=False,
+            zarr_format=zarr_format,
+            consolidated=True,
+            encoding=layout.encoding,
+        )
+    os.replace(tmp, path)
+
+
+def read_done(path: Path, layout: StoreLayout) -> np.ndarray:
+    """Done flags of an existing store, after checking it was made with the same settings."""
+    try:
+        existing = xr.open_zarr(path, consolidated=None, decode_timedelta=True)
+    except Exception as err:
+        raise MinconvError(f"{path}: cannot resume, not a readable Zarr store ({err})") from None
+    raw = existing.attrs.get(SETTINGS_ATTR)
+    if raw is None or DONE not in existing.coords:
+        raise MinconvError(f"{path}: cannot resume, it is not a minconv rollout store")
+    old = json.loads(raw)
+    changed = [
+        k for k in sorted(set(old) | set(layout.settings)) if old.get(k) != layout.settings.get(k)
+    ]
+    if changed:
+        raise MinconvError(
+            f"{path}: cannot resume, it was made with other settings ({', '.join(changed)} differ); "
+            "use --overwrite to start again"
+        )
+    return np.asarray(existing[DONE].values, dtype=bool)
+
+
+class StoreWriter:
+    """Writes finished forecasts straight into their chunks, then marks them done."""
+
+    def __init__(self, path: Path, layout: StoreLayout, fields: Fields) -> None:
+        import zarr
+
+        self.group = zarr.open_group(str(path), mode="r+")
+        self.layout = layout
+        self.slices = []  # channel range of each variable, in channel order
+        start = 0
+        for var in layout.variables:
+            n = sum(1 for c in fields.channels if c.variable == var)
+            self.slices.append(
+                (
+                    var,
+                    slice(start, start + n),
+                    fields.level_dim in fields.ds[var].dims if fields.level_dim else False,
+                )
+            )
+            start += n
+        self.arrays = {var: self.group[var] for var in layout.variables}
+        self.done = self.group[DONE]
+
+    def write(self, items: Sequence[tuple[int, tuple[int, ...]]], values: np.ndarray) -> None:
+        """values (B, N, C, H, W) for items (init position, sample position), then their flags."""
+        for b, (i, sample) in enumerate(items):
+            for var, chans, has_level in self.slices:
+                block = values[b, :, chans]
+                self.arrays[var][(i, slice(None), *sample)] = block if has_level else block[:, 0]
+        for i, sample in items:
+            self.done[(i, *sample)] = True
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str) -> Any:
+    """`auto` picks CUDA when available; anything else is passed to torch as is."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise MinconvError(f"--device: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MinconvError("--device: CUDA is not available on this machine")
+    return dev
+
+
+def rollout(
+    checkpoint: str | Path,
+    data: Sequence[str | Path],
+    steps: int,
+    out: str | Path,
+    *,
+    init_times: str | None = None,
+    context: int | None = None,
+    batch_size: int = 16,
+    zarr_format: int = 2,
+    mode: str = "create",
+    device: str = "auto",
+    command: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> RolloutResult:
+    """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
+
+    mode: `create` (refuse an existing `out`), `overwrite` (replace it once the new store is
+    complete) or `resume` (fill in what an interrupted run with the same settings left out).
+    """
+    from minconv_cli.checkpoint import load_checkpoint
+
+    started = time.perf_counter()
+    if steps < 1:
+        raise MinconvError(f"--steps: must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise MinconvError(f"--batch-size: must be at least 1, got {batch_size}")
+    if zarr_format not in (2, 3):
+        raise MinconvError(f"--zarr-format: must be 2 or 3, got {zarr_format}")
+    if mode not in ("create", "overwrite", "resume"):
+        raise ValueError(f"rollout mode: expected create, overwrite or resume, got {mode!r}")
+    out = Path(out)
+    data = [Path(p) for p in data]
+    if not data:
+        raise MinconvError("DATA: no initial-condition files given")
+    if out.exists() and mode == "create":
+        raise MinconvError(
+            f"{out}: already exists; use --overwrite to replace it or --resume to complete it"
+        )
+    if any(out.resolve() == p.resolve() for p in data):
+        raise MinconvError(f"{out}: is also an input file")
+    ckpt_path = Path(checkpoint)
+    dev = resolve_device(device)
+    loaded = load_checkpoint(ckpt_path, map_location=dev)
+    model, meta = loaded.model, loaded.meta
+    model.eval()
+    normalizer = Normalizer.from_dict(meta["normalizer"])
+    context = int(meta.get("context") or 1) if context is None else context
+    if context < 1:
+        raise MinconvError(f"--context: must be at least 1, got {context}")
+    fields = open_matching_fields(data, meta)
+    order = check_against_checkpoint(fields, meta)
+    step = time_step_of(meta)
+    init_index = select_init_times(init_times, fields, context, step)
+    sha = file_sha256(ckpt_path)
+    init_labels = time_labels(fields.times[init_index])
+    settings = {
+        "checkpoint_sha256": sha,
+        "steps": steps,
+        "context": context,
+        "init_times": init_labels,
+        "sample_dims": list(fields.sample_dims),
+        "samples": fields.n_samples,
+        "variables": fields.variables,
+        "data": [str(p.resolve()) for p in data],
+    }
+    attrs = {
+        "minconv_version": __version__,
+        "checkpoint": str(ckpt_path.resolve()),
+        "checkpoint_sha256": sha,
+        "command": command,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": str(meta["model"].get("name", "")),
+        "context": context,
+        "source": ", ".join(str(p) for p in data),
+    }
+    layout = store_layout(fields, order, init_index, steps, step, settings, attrs)
+    target = out
+    if out.exists() and mode == "resume":
+        done = read_done(out, layout)
+    else:
+        if out.exists():  # overwrite: build beside it, swap in when complete
+            target = out.with_name(f".{out.name}.minconv-partial")
+            _remove(target)
+        create_store(layout, target, zarr_format)
+        done = np.zeros(layout.template[DONE].shape, dtype=bool)
+    sample_shape = tuple(fields.ds.sizes[d] for d in fields.sample_dims)
+    todo = [
+        (i, tuple(int(p) for p in np.unravel_index(s, sample_shape)) if sample_shape else (), s)
+        for i in range(len(init_index))
+        for s in range(fields.n_samples)
+    ]
+    pending = [item for item in todo if not done[(item[0], *item[1])]]
+    writer = StoreWriter(target, layout, fields)
+    static = _oriented(fields.static_array(), order) if fields.static_channels else None
+    total, finished = len(todo), len(todo) - len(pending)
+    if progress:
+        progress(finished, total)
+    for start in range(0, len(pending), batch_size):
+        batch = pending[start : start + batch_size]
+        frames = np.stack(
+            [
+                _oriented(fields.frames(s, init_index[i] - context + 1, init_index[i] + 1), order)
+                for i, _, s in batch
+            ]
+        )
+        values = forecast(model, normalizer, frames, static, steps, dev)
+        values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
+        writer.write([(i, sp) for i, sp, _ in batch], values)
+        finished += len(batch)
+        if progress:
+            progress(finished, total)
+    if target != out:
+        _swap_in(target, out)
+    return RolloutResult(
+        path=str(out),
+        init_times=init_labels,
+        samples=fields.n_samples,
+        steps=steps,
+        variables=fields.variables,
+        written=len(pending),
+        skipped=len(todo) - len(pending),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _oriented(array: np.ndarray, order: GridOrder) -> np.ndarray:
+    """Frames (..., H, W) in the checkpoint's grid order."""
+    if order.flip_y:
+        array = array[..., ::-1, :]
+    if order.flip_x:
+        array = array[..., ::-1]
+    return np.ascontiguousarray(array)
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace `out` by the completed store `new` (the old one is removed only afterwards)."""
+    old = out.with_name(f".{out.name}.minconv-old")
+    _remove(old)
+    os.replace(out, old)
+    os.replace(new, out)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
