@@ -1,0 +1,3 @@
+from minconv_cli.simulate.cli import app
+
+app()

@@ -1,0 +1,60 @@
+"""Writing simulated data sets: NetCDF4 (zlib) or Zarr by the extension, atomically, never over a file unasked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import xarray as xr
+
+from minconv_cli.errors import MinconvError
+
+
+def output_format(path: Path) -> str:
+    """'netcdf' for .nc/.nc4, 'zarr' for .zarr; anything else is an error."""
+    suffix = path.suffix.lower()
+    if suffix in (".nc", ".nc4"):
+        return "netcdf"
+    if suffix == ".zarr":
+        return "zarr"
+    raise MinconvError(f"{path}: unknown output format (use a .nc or .zarr path)")
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Fail before any work if `path` exists (without overwrite) or has an unknown format."""
+    output_format(path)
+    if path.exists() and not overwrite:
+        raise MinconvError(f"{path}: already exists (pass --overwrite to replace it)")
+    if not path.parent.exists():
+        raise MinconvError(f"{path.parent}: output folder does not exist")
+
+
+def write_dataset(ds: xr.Dataset, path: Path, overwrite: bool = False) -> Path:
+    """Write `ds` (trajectory, time, y, x) chunked one trajectory per chunk, via a temporary sibling."""
+    path = Path(path)
+    check_writable(path, overwrite)
+    fmt = output_format(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    sizes = ds["vorticity"].shape
+    chunks = (1, *sizes[1:])
+    try:
+        if fmt == "netcdf":
+            encoding = {
+                "vorticity": {"zlib": True, "complevel": 6, "shuffle": True, "chunksizes": chunks}
+            }
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        else:
+            ds.to_zarr(tmp, mode="w", encoding={"vorticity": {"chunks": chunks}}, consolidated=True)
+        if path.exists():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+    return path
