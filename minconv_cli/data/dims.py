@@ -53,14 +53,11 @@ def _cf_role(coord: xr.DataArray) -> str | None:
     return None
 
 
-def recognise_dims(
+def find_roles(
     ds: xr.Dataset, dims_in_use: Iterable[str], label: str, overrides: Mapping[str, object] | None
-) -> dict[str, object]:
-    """Map roles time/y/x/level/sample to dim names of `dims_in_use`; `overrides` wins over everything.
-
-    Returns {"time": str, "y": str, "x": str, "level": str | None, "sample": tuple[str, ...]}.
-    """
-    dims = list(dict.fromkeys(dims_in_use))
+) -> dict[str, str]:
+    """Dims found for each role (time/y/x/level) among `dims_in_use`; missing roles are left out."""
+    dims = list(dict.fromkeys(map(str, dims_in_use)))
     overrides = dict(overrides or {})
     unknown = set(overrides) - {*ROLES, "sample"}
     if unknown:
@@ -90,6 +87,20 @@ def recognise_dims(
                 found[role] = dim
                 taken.add(dim)
                 break
+    return found
+
+
+def recognise_dims(
+    ds: xr.Dataset, dims_in_use: Iterable[str], label: str, overrides: Mapping[str, object] | None
+) -> dict[str, object]:
+    """Map roles time/y/x/level/sample to dim names of `dims_in_use`; `overrides` wins over everything.
+
+    Returns {"time": str, "y": str, "x": str, "level": str | None, "sample": tuple[str, ...]}.
+    """
+    dims = list(dict.fromkeys(map(str, dims_in_use)))
+    overrides = dict(overrides or {})
+    found = find_roles(ds, dims, label, overrides)
+    taken = set(found.values())
     if "time" not in found:
         raise MinconvError(
             f"{label}: no time dimension found among ({', '.join(dims)}); "

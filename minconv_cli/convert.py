@@ -1,0 +1,448 @@
+"""Format conversion behind `minconv convert`: NetCDF <-> Zarr (v2/v3), NumPy arrays in; select,
+coarsen, rechunk and rename on the way; written to a temporary sibling and renamed into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from minconv_cli.data.dims import find_roles
+from minconv_cli.data.open import detect_format, open_dataset
+from minconv_cli.errors import MinconvError
+
+Progress = Callable[[int, int], None]
+# Encoding keys that mean the same in NetCDF and Zarr; codec/chunk settings are format-specific.
+PORTABLE_ENCODING = (
+    "dtype",
+    "_FillValue",
+    "missing_value",
+    "scale_factor",
+    "add_offset",
+    "units",
+    "calendar",
+)
+NETCDF_ENCODING = ("zlib", "complevel", "shuffle", "fletcher32", "contiguous", "chunksizes")
+ZARR_ENCODING = ("compressors", "filters", "serializer", "chunks", "shards")
+NUMPY_SUFFIXES = (".npy", ".npz")
+
+
+def parse_mapping(text: str | None, option: str) -> dict[str, str]:
+    """`"a=1,b=2"` → {"a": "1", "b": "2"} (values may contain ':' and '/')."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise MinconvError(f"{option}: expected NAME=VALUE, got {part.strip()!r}")
+        key, value = (s.strip() for s in part.split("=", 1))
+        out[key] = value
+    return out
+
+
+def output_format(dst: Path, to: str | None) -> str:
+    """`netcdf` or `zarr`, from `--to` or the destination's extension."""
+    if to:
+        if to not in ("netcdf", "zarr"):
+            raise MinconvError(f"--to: expected netcdf or zarr, got {to!r}")
+        return to
+    suffix = dst.suffix.lower()
+    if suffix == ".zarr":
+        return "zarr"
+    if suffix in (".nc", ".nc4", ".netcdf"):
+        return "netcdf"
+    raise MinconvError(
+        f"{dst}: cannot tell the output format from the extension; use .nc/.zarr or --to"
+    )
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    to: str | None = None,
+    zarr_format: int | None = None,
+    variables: Sequence[str] | None = None,
+    time: str | None = None,
+    coarsen: Mapping[str, int] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    rename: Mapping[str, str] | None = None,
+    dims: Sequence[str] | None = None,
+    coords: Mapping[str, str] | None = None,
+    name: str | None = None,
+    attrs: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Convert one data file/store to NetCDF or Zarr and return a summary of what was written.
+
+    NumPy input (.npy/.npz) needs `dims`; `coords` values are `START:STEP`, `START:STOP:STEP`,
+    a datetime `START:FREQ` (e.g. `2000-01-01:6h`) or a .npy/.txt file of values.
+    """
+    src, dst = Path(src), Path(dst)
+    fmt = output_format(dst, to)
+    if zarr_format not in (None, 2, 3):
+        raise MinconvError(f"--zarr-format: expected 2 or 3, got {zarr_format}")
+    if zarr_format and fmt != "zarr":
+        raise MinconvError("--zarr-format: only applies to Zarr output")
+    if dst.exists() and not overwrite:
+        raise MinconvError(f"{dst}: already exists (use --overwrite to replace it)")
+    if src.suffix.lower() in NUMPY_SUFFIXES:
+        ds, src_fmt = _from_numpy(src, dims, coords, name), "numpy"
+    else:
+        if dims or coords or name:
+            raise MinconvError("--dims/--coords/--name: only apply to NumPy (.npy/.npz) input")
+        ds, src_fmt = open_dataset(src), detect_format(src)
+    src_zarr_format = _zarr_format_of(src) if src_fmt == "zarr" else None
+    target_zarr = zarr_format or src_zarr_format or 3
+    ds = _apply_attrs(ds, attrs or {}, src)
+    ds = _select(ds, src, variables, time)
+    if coarsen:
+        ds = _coarsen(ds, src, coarsen)
+    if rename:
+        missing = [k for k in rename if k not in ds.variables and k not in ds.dims]
+        if missing:
+            raise MinconvError(
+                f"--rename: {missing} not in {src}; names: {', '.join(map(str, ds.variables))}"
+            )
+        ds = ds.rename(dict(rename))
+    same_codecs = src_fmt == fmt and (fmt == "netcdf" or src_zarr_format == target_zarr)
+    ds = _set_encodings(
+        ds,
+        fmt,
+        same_codecs,
+        rechunked=bool(chunks) or bool(coarsen),
+        compressed=src_fmt != "netcdf",
+    )
+    ds = _chunk(ds, dst, fmt, chunks or {})
+    _write_atomically(ds, dst, fmt, target_zarr, overwrite, progress)
+    return summary(dst, fmt, target_zarr if fmt == "zarr" else None, ds)
+
+
+def summary(path: Path, fmt: str, zarr_format: int | None, ds: xr.Dataset) -> dict:
+    """What was written: path, format, variables with dims/shape/dtype, dim sizes, coordinates."""
+    return {
+        "path": str(path),
+        "format": fmt,
+        "zarr_format": zarr_format,
+        "dims": {str(k): int(v) for k, v in ds.sizes.items()},
+        "variables": {
+            str(k): {"dims": list(map(str, v.dims)), "shape": list(v.shape), "dtype": str(v.dtype)}
+            for k, v in ds.data_vars.items()
+        },
+        "coords": [str(c) for c in ds.coords],
+    }
+
+
+def _zarr_format_of(path: Path) -> int:
+    root = path.parent if path.name in ("zarr.json", ".zgroup") else path
+    return 3 if (root / "zarr.json").exists() else 2
+
+
+def _from_numpy(
+    src: Path, dims: Sequence[str] | None, coords: Mapping[str, str] | None, name: str | None
+) -> xr.Dataset:
+    """NumPy array(s) as a Dataset: .npy is one variable (`name`, default the file stem); .npz has one
+    variable per array with `len(dims)` dims, and 1-D arrays named like a dim become its coordinate."""
+    import dask.array as dsa
+
+    if not src.exists():
+        raise MinconvError(f"{src}: no such file or directory")
+    if not dims:
+        raise MinconvError(f"{src}: NumPy input needs --dims (e.g. --dims trajectory,time,y,x)")
+    dims = list(dims)
+    try:
+        if src.suffix.lower() == ".npy":
+            arrays = {name or src.stem: np.load(src, mmap_mode="r", allow_pickle=False)}
+        else:
+            with np.load(src, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise MinconvError(
+            f"{src}: cannot read as NumPy data ({' '.join(str(err).split())})"
+        ) from None
+    if name and src.suffix.lower() == ".npz":
+        raise MinconvError("--name: only applies to .npy input (.npz arrays keep their names)")
+    data_vars, coord_arrays = {}, {}
+    for key, arr in arrays.items():
+        if arr.ndim == len(dims):
+            data_vars[key] = (
+                dims,
+                dsa.from_array(arr, chunks="auto") if arr.nbytes > 2**26 else np.asarray(arr),
+            )
+        elif arr.ndim == 1 and key in dims:
+            coord_arrays[key] = np.asarray(arr)
+        else:
+            raise MinconvError(
+                f"{src}: array {key!r} has shape {arr.shape}, which does not fit --dims {','.join(dims)}"
+            )
+    if not data_vars:
+        raise MinconvError(
+            f"{src}: no array with {len(dims)} dims to match --dims {','.join(dims)}"
+        )
+    ds = xr.Dataset(data_vars)
+    sizes = ds.sizes
+    for dim, values in coord_arrays.items():
+        ds = ds.assign_coords({dim: _checked_len(values, dim, sizes[dim], src)})
+    for dim, spec in (coords or {}).items():
+        if dim not in sizes:
+            raise MinconvError(f"--coords: {dim!r} is not one of --dims {','.join(dims)}")
+        ds = ds.assign_coords(
+            {dim: _checked_len(_coord_values(spec, sizes[dim], dim), dim, sizes[dim], src)}
+        )
+    return ds
+
+
+def _checked_len(values: np.ndarray, dim: str, n: int, src: Path) -> np.ndarray:
+    if len(values) != n:
+        raise MinconvError(f"--coords {dim}: {len(values)} values for a dim of size {n} in {src}")
+    return values
+
+
+def _coord_values(spec: str, n: int, dim: str) -> np.ndarray:
+    """Coordinate values from `START:STEP`, `START:STOP:STEP`, a datetime `START:FREQ`, or a file."""
+    path = Path(spec)
+    if path.suffix in (".npy", ".txt", ".csv") or path.exists():
+        if not path.exists():
+            raise MinconvError(f"--coords {dim}: {path}: no such file")
+        return (
+            np.load(path, allow_pickle=False)
+            if path.suffix == ".npy"
+            else np.loadtxt(path, ndmin=1)
+        )
+    parts = spec.split(":")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        start, freq = spec.rsplit(":", 1) if ":" in spec else (spec, None)
+        if freq is None:
+            raise MinconvError(
+                f"--coords {dim}: expected START:FREQ for datetimes (e.g. 2000-01-01:6h)"
+            ) from None
+        try:
+            return pd.date_range(start, periods=n, freq=freq).values
+        except (ValueError, TypeError) as err:
+            raise MinconvError(
+                f"--coords {dim}: cannot make datetimes from {spec!r} ({err})"
+            ) from None
+    if len(numbers) == 2:
+        values = numbers[0] + numbers[1] * np.arange(n)
+    elif len(numbers) == 3:
+        values = np.arange(*numbers)
+    else:
+        raise MinconvError(f"--coords {dim}: expected START:STEP or START:STOP:STEP, got {spec!r}")
+    if all(float(v).is_integer() for v in numbers):
+        values = values.astype(np.int64)
+    return values
+
+
+def _apply_attrs(ds: xr.Dataset, attrs: Mapping[str, str], src: Path) -> xr.Dataset:
+    """`key=value` sets an attribute on every data variable; `var.key=value` on one variable/coord."""
+    ds = ds.copy()
+    for key, value in attrs.items():
+        target, _, attr = key.rpartition(".")
+        if target and target not in ds.variables:
+            raise MinconvError(
+                f"--attrs: {target!r} not in {src}; names: {', '.join(map(str, ds.variables))}"
+            )
+        for v in [target] if target else list(ds.data_vars):
+            ds[v].attrs[attr] = value
+    return ds
+
+
+def _select(
+    ds: xr.Dataset, src: Path, variables: Sequence[str] | None, time: str | None
+) -> xr.Dataset:
+    if variables:
+        missing = [v for v in variables if v not in ds.data_vars]
+        if missing:
+            raise MinconvError(
+                f"{src}: variable(s) {', '.join(missing)} not found; available: {', '.join(map(str, ds.data_vars))}"
+            )
+        ds = ds[list(variables)]
+    if time:
+        tdim = find_roles(ds, ds.dims, str(src), None).get("time")
+        if tdim is None:
+            raise MinconvError(f"--time: {src} has no recognisable time dimension")
+        if "/" not in time:
+            raise MinconvError(f"--time: expected START/END, got {time!r}")
+        start, end = (s.strip() or None for s in time.split("/", 1))
+        if ds[tdim].dtype.kind != "M":
+            try:
+                start, end = (float(v) if v is not None else None for v in (start, end))
+            except ValueError:
+                raise MinconvError(
+                    f"--time: {src} has numeric times; give numbers like 0/50"
+                ) from None
+        try:
+            ds = ds.sel({tdim: slice(start, end)})
+        except (KeyError, ValueError, TypeError) as err:
+            raise MinconvError(f"--time: cannot select {time!r} in {src} ({err})") from None
+        if ds.sizes[tdim] == 0:
+            raise MinconvError(f"--time: no times of {src} within {time}")
+    return ds
+
+
+def _coarsen(ds: xr.Dataset, src: Path, factors: Mapping[str, int]) -> xr.Dataset:
+    """Block means (as the paper coarsens), trimming what does not fill a block."""
+    for dim, f in factors.items():
+        if dim not in ds.dims:
+            raise MinconvError(
+                f"--coarsen: {dim!r} is not a dimension of {src} (dims: {', '.join(map(str, ds.dims))})"
+            )
+        if int(f) < 1 or int(f) > ds.sizes[dim]:
+            raise MinconvError(f"--coarsen: factor {f} for {dim!r} must be in 1..{ds.sizes[dim]}")
+    with xr.set_options(keep_attrs=True):
+        out = ds.coarsen({d: int(f) for d, f in factors.items()}, boundary="trim").mean()
+    for v in out.variables:
+        out[v].attrs = dict(ds[v].attrs)
+        if v in ds.variables:
+            keep = {k: ds[v].encoding[k] for k in ("units", "calendar") if k in ds[v].encoding}
+            if out[v].dtype == ds[v].dtype:
+                keep.update(
+                    {k: ds[v].encoding[k] for k in PORTABLE_ENCODING if k in ds[v].encoding}
+                )
+            out[v].encoding = keep
+    return out
+
+
+def _set_encodings(
+    ds: xr.Dataset, fmt: str, same_codecs: bool, rechunked: bool, compressed: bool
+) -> xr.Dataset:
+    """Keep the portable encodings; keep codecs only within one format; compress NetCDF from Zarr."""
+    own = NETCDF_ENCODING if fmt == "netcdf" else ZARR_ENCODING
+    for v in ds.variables.values():
+        enc = {k: val for k, val in v.encoding.items() if k in PORTABLE_ENCODING}
+        if same_codecs:
+            enc.update({k: val for k, val in v.encoding.items() if k in own})
+        if rechunked:
+            enc.pop("chunks", None)
+            enc.pop("chunksizes", None)
+            enc.pop("shards", None)
+        if (
+            fmt == "netcdf"
+            and not same_codecs
+            and compressed
+            and v.dtype.kind in "fiu"
+            and v.ndim > 0
+        ):
+            enc.update(zlib=True, complevel=4)
+        if fmt == "netcdf" and enc.get("contiguous") and (enc.get("zlib") or enc.get("chunksizes")):
+            enc.pop("contiguous")
+        v.encoding = enc
+    return ds
+
+
+def _chunk(ds: xr.Dataset, dst: Path, fmt: str, chunks: Mapping[str, int]) -> xr.Dataset:
+    """Apply `--chunks` (dask chunks, and the on-disk chunks of the output)."""
+    for dim, n in chunks.items():
+        if dim not in ds.dims:
+            raise MinconvError(
+                f"--chunks: {dim!r} is not a dimension (dims: {', '.join(map(str, ds.dims))})"
+            )
+        if int(n) < 1:
+            raise MinconvError(f"--chunks: {dim}={n} must be >= 1")
+    if chunks:
+        ds = ds.chunk({d: int(n) for d, n in chunks.items()})
+        for v in ds.data_vars.values():
+            sizes = tuple(min(int(chunks.get(d, ds.sizes[d])), ds.sizes[d]) for d in v.dims)
+            v.encoding["chunks" if fmt == "zarr" else "chunksizes"] = sizes
+            v.encoding.pop("contiguous", None)
+    elif fmt == "zarr":
+        # dask chunks must tile the Zarr chunks: unify any irregular source chunking.
+        ds = ds.unify_chunks() if any(v.chunks for v in ds.variables.values()) else ds
+        for v in ds.variables.values():
+            if v.chunks and "chunks" not in v.encoding:
+                v.encoding["chunks"] = tuple(c[0] for c in v.chunks)
+    return ds
+
+
+def _write_atomically(
+    ds: xr.Dataset,
+    dst: Path,
+    fmt: str,
+    zarr_format: int,
+    overwrite: bool,
+    progress: Progress | None,
+) -> None:
+    """Write to a hidden temporary sibling, then replace `dst`; nothing is left behind on failure."""
+    import dask
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        if fmt == "zarr":
+            job = ds.to_zarr(
+                tmp, mode="w", zarr_format=zarr_format, consolidated=zarr_format == 2, compute=False
+            )
+        else:
+            job = ds.to_netcdf(tmp, engine="netcdf4", compute=False)
+        with _DaskProgress(progress):
+            dask.compute(job)
+        if dst.exists():
+            if not overwrite:
+                raise MinconvError(f"{dst}: already exists (use --overwrite to replace it)")
+            _remove(dst)
+        os.replace(tmp, dst)
+    except MinconvError:
+        _remove(tmp)
+        raise
+    except Exception as err:  # a failed read of a damaged input or a failed write
+        _remove(tmp)
+        raise MinconvError(
+            f"{dst}: conversion failed ({' '.join(str(err).split())[:300]})"
+        ) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    finally:
+        ds.close()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class _DaskProgress:
+    """Report finished dask tasks as (done, total) to a progress callback while a write computes."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.callback = None
+
+    def __enter__(self) -> _DaskProgress:
+        if self.progress is None:
+            return self
+        from dask.callbacks import Callback
+
+        report = self.progress
+
+        class _Tasks(Callback):
+            def _start_state(self, dsk: Any, state: Any) -> None:
+                self.total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+                self.done = 0
+                report(0, self.total)
+
+            def _posttask(
+                self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any
+            ) -> None:
+                self.done += 1
+                report(self.done, self.total)
+
+        self.callback = _Tasks()
+        self.callback.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.callback is not None:
+            self.callback.__exit__(*exc)
