@@ -43,6 +43,7 @@ class RolloutResult:
     written: int
     skipped: int
     seconds: float
+    timings: dict  # seconds spent reading frames, in the model, and writing the store
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -457,36 +458,46 @@ def read_done(path: Path, layout: StoreLayout) -> np.ndarray:
 
 
 class StoreWriter:
-    """Writes finished forecasts straight into their chunks, then marks them done."""
+    """Writes finished forecasts straight into their chunks (a run of neighbours in one call),
+    then marks them done, so a killed run keeps every batch it finished."""
 
-    def __init__(self, path: Path, layout: StoreLayout, fields: Fields) -> None:
+    def __init__(self, path: Path, fields: Fields) -> None:
         import zarr
 
-        self.group = zarr.open_group(str(path), mode="r+")
-        self.layout = layout
-        self.slices = []  # channel range of each variable, in channel order
+        group = zarr.open_group(str(path), mode="r+")
+        self.done = group[DONE]
+        self.parts = []  # (zarr array, its channel range, whether it has a level dim)
         start = 0
-        for var in layout.variables:
-            n = sum(1 for c in fields.channels if c.variable == var)
-            self.slices.append(
-                (
-                    var,
-                    slice(start, start + n),
-                    fields.level_dim in fields.ds[var].dims if fields.level_dim else False,
-                )
-            )
+        for var in fields.variables:
+            n = sum(c.variable == var for c in fields.channels)
+            has_level = fields.level_dim is not None and fields.level_dim in fields.ds[var].dims
+            self.parts.append((group[var], slice(start, start + n), has_level))
             start += n
-        self.arrays = {var: self.group[var] for var in layout.variables}
-        self.done = self.group[DONE]
 
-    def write(self, items: Sequence[tuple[int, tuple[int, ...]]], values: np.ndarray) -> None:
-        """values (B, N, C, H, W) for items (init position, sample position), then their flags."""
-        for b, (i, sample) in enumerate(items):
-            for var, chans, has_level in self.slices:
-                block = values[b, :, chans]
-                self.arrays[var][(i, slice(None), *sample)] = block if has_level else block[:, 0]
-        for i, sample in items:
-            self.done[(i, *sample)] = True
+    def write(self, items: Sequence[tuple[int, ...]], values: np.ndarray) -> None:
+        """values (B, N, C, H, W) for items at store positions (init, *sample)."""
+        runs = list(_runs(items))
+        for (*fixed, last), b0, b1 in runs:
+            span = slice(last, last + b1 - b0)
+            for array, channels, has_level in self.parts:
+                block = values[b0:b1, :, channels]
+                block = block if has_level else block[:, :, 0]
+                if fixed:  # (time, lead, *samples, ...): the run lies along the last sample dim
+                    array[(fixed[0], slice(None), *fixed[1:], span)] = np.moveaxis(block, 0, 1)
+                else:
+                    array[span] = block
+        for (*fixed, last), b0, b1 in runs:
+            self.done[(*fixed, slice(last, last + b1 - b0))] = True
+
+
+def _runs(items: Sequence[tuple[int, ...]]):
+    """(first position, b0, b1) for each maximal run of items whose last index counts up by one."""
+    b0 = 0
+    for b in range(1, len(items) + 1):
+        prev = items[b - 1]
+        if b == len(items) or items[b] != (*prev[:-1], prev[-1] + 1):
+            yield items[b0], b0, b
+            b0 = b
 
 
 # --------------------------------------------------------------------------- the command
@@ -593,37 +604,48 @@ def rollout(
     }
     layout = store_layout(fields, order, init_index, steps, step, settings, attrs)
     target = out
+    created = 0.0
     if out.exists() and mode == "resume":
         done = read_done(out, layout)
     else:
         if out.exists():  # overwrite: build beside it, swap in when complete
             target = out.with_name(f".{out.name}.minconv-partial")
             _remove(target)
+        t_create = time.perf_counter()
         create_store(layout, target, zarr_format)
+        created = time.perf_counter() - t_create
         done = np.zeros(layout.template[DONE].shape, dtype=bool)
     sample_shape = tuple(fields.ds.sizes[d] for d in fields.sample_dims)
     todo = [
-        (i, tuple(int(p) for p in np.unravel_index(s, sample_shape)) if sample_shape else (), s)
+        (i, s, (i, *np.unravel_index(s, sample_shape)) if sample_shape else (i,))
         for i in range(len(init_index))
         for s in range(fields.n_samples)
     ]
-    pending = [item for item in todo if not done[(item[0], *item[1])]]
-    writer = StoreWriter(target, layout, fields)
+    pending = [item for item in todo if not done[item[2]]]
+    writer = StoreWriter(target, fields)
     static = _oriented(fields.static_array(), order) if fields.static_channels else None
     total, finished = len(todo), len(todo) - len(pending)
     if progress:
         progress(finished, total)
+    clock = {"read": 0.0, "model": 0.0, "write": created}
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
+        t0 = time.perf_counter()
         frames = np.stack(
             [
                 _oriented(fields.frames(s, init_index[i] - context + 1, init_index[i] + 1), order)
-                for i, _, s in batch
+                for i, s, _ in batch
             ]
         )
+        t1 = time.perf_counter()
         values = forecast(model, normalizer, frames, static, steps, dev)
+        # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
         values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
-        writer.write([(i, sp) for i, sp, _ in batch], values)
+        t2 = time.perf_counter()
+        writer.write([tuple(int(k) for k in pos) for _, _, pos in batch], values)
+        clock["read"] += t1 - t0
+        clock["model"] += t2 - t1
+        clock["write"] += time.perf_counter() - t2
         finished += len(batch)
         if progress:
             progress(finished, total)
@@ -638,6 +660,7 @@ def rollout(
         written=len(pending),
         skipped=len(todo) - len(pending),
         seconds=round(time.perf_counter() - started, 3),
+        timings={k: round(v, 4) for k, v in clock.items()},
     )
 
 

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from minconv_cli.commands._common import console, print_json, user_errors
 
@@ -58,20 +65,23 @@ def rollout(
         raise MinconvError("--overwrite and --resume: choose one")
     mode = "overwrite" if overwrite else "resume" if resume else "create"
     command = shlex.join(["minconv", *sys.argv[1:]])
-    with Progress(
+    bar = Progress(
         TextColumn("rollout"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
         disable=quiet,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("rollout", total=None)
+    )
+    task: list[TaskID] = []
 
-        def report(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def report(done: int, total: int) -> None:
+        if not task:  # the bar appears once the inputs are checked and the work is known
+            bar.start()
+            task.append(bar.add_task("rollout", total=total))
+        bar.update(task[0], completed=done, total=total)
 
+    try:
         result = run_rollout(
             checkpoint,
             data,
@@ -86,6 +96,8 @@ def rollout(
             command=command,
             progress=report,
         )
+    finally:
+        bar.stop()
     if json_out:
         print_json(result.to_dict())
     elif not quiet:
