@@ -331,28 +331,16 @@ def forecast(
 # --------------------------------------------------------------------------- the store
 
 
-@dataclass
-class StoreLayout:
-    """Names, coordinates and chunking of a forecast store, derived from DATA and the request."""
-
-    template: xr.Dataset
-    encoding: dict
-    variables: list[str]
-    sample_dims: tuple[str, ...]
-    level_dim: str | None
-    settings: dict
-
-
-def store_layout(
+def store_template(
     fields: Fields,
     order: GridOrder,
     init_index: np.ndarray,
     steps: int,
     step: Any,
-    settings: dict,
     attrs: dict,
-) -> StoreLayout:
-    """The lazy template of the whole store: coordinates, empty float32 variables and done flags."""
+) -> tuple[xr.Dataset, dict]:
+    """The lazy template of the whole store (coordinates, empty float32 variables, done flags)
+    and its encoding (chunks of one init time and sample, NaN fill)."""
     import dask.array as dsa
 
     ds = fields.ds
@@ -407,17 +395,14 @@ def store_layout(
         )
         chunks = tuple(1 if d in (INIT_DIM, *fields.sample_dims) else shape_of[d] for d in dims)
         encoding[var] = {"chunks": chunks, "_FillValue": np.float32(np.nan), "dtype": "float32"}
-    template = xr.Dataset(
-        data_vars, coords=coords, attrs={**attrs, SETTINGS_ATTR: json.dumps(settings)}
-    )
-    return StoreLayout(template, encoding, fields.variables, fields.sample_dims, level, settings)
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
 
 
 def _units_of(attrs: dict) -> dict:
     return {"units": attrs["units"]} if "units" in attrs else {}
 
 
-def create_store(layout: StoreLayout, path: Path, zarr_format: int) -> None:
+def create_store(template: xr.Dataset, encoding: dict, path: Path, zarr_format: int) -> None:
     """Write the store's metadata and coordinates (no forecast yet) to `path`, atomically."""
     tmp = path.with_name(f".{path.name}.minconv-new")
     _remove(tmp)
@@ -425,18 +410,18 @@ def create_store(layout: StoreLayout, path: Path, zarr_format: int) -> None:
         # zarr warns that consolidated metadata is not yet in the v3 spec; zarr-python and
         # xarray read it, and without it every plain xr.open_zarr of a v3 store warns instead.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        layout.template.to_zarr(
+        template.to_zarr(
             tmp,
             mode="w-",
             compute=False,
             zarr_format=zarr_format,
             consolidated=True,
-            encoding=layout.encoding,
+            encoding=encoding,
         )
     os.replace(tmp, path)
 
 
-def read_done(path: Path, layout: StoreLayout) -> np.ndarray:
+def read_done(path: Path, settings: dict) -> np.ndarray:
     """Done flags of an existing store, after checking it was made with the same settings."""
     try:
         existing = xr.open_zarr(path, consolidated=None, decode_timedelta=True)
@@ -446,9 +431,7 @@ def read_done(path: Path, layout: StoreLayout) -> np.ndarray:
     if raw is None or DONE not in existing.coords:
         raise MinconvError(f"{path}: cannot resume, it is not a minconv rollout store")
     old = json.loads(raw)
-    changed = [
-        k for k in sorted(set(old) | set(layout.settings)) if old.get(k) != layout.settings.get(k)
-    ]
+    changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
     if changed:
         raise MinconvError(
             f"{path}: cannot resume, it was made with other settings ({', '.join(changed)} differ); "
@@ -526,6 +509,41 @@ def resolve_device(device: str) -> Any:
     return dev
 
 
+@dataclass
+class Job:
+    """The sequences to forecast: DATA in the checkpoint's grid order, init times, context, steps."""
+
+    fields: Fields
+    order: GridOrder
+    init_index: np.ndarray
+    context: int
+    steps: int
+
+    def sequences(self) -> list[tuple[int, int, tuple[int, ...]]]:
+        """(init position, flat sample, store position (init, *sample)) of every sequence."""
+        shape = self.fields.sample_shape
+        return [
+            (i, s, (i, *(int(k) for k in np.unravel_index(s, shape))) if shape else (i,))
+            for i in range(len(self.init_index))
+            for s in range(self.fields.n_samples)
+        ]
+
+    def context_frames(self, batch: Sequence[tuple[int, int, Any]]) -> np.ndarray:
+        """(B, K, C, H, W) physical frames up to and including each init time."""
+        stop = self.init_index[[i for i, _, _ in batch]] + 1
+        return np.stack(
+            [
+                _oriented(self.fields.frames(s, int(t) - self.context, int(t)), self.order)
+                for (_, s, _), t in zip(batch, stop, strict=True)
+            ]
+        )
+
+    def static(self) -> np.ndarray | None:
+        if not self.fields.static_channels:
+            return None
+        return _oriented(self.fields.static_array(), self.order)
+
+
 def rollout(
     checkpoint: str | Path,
     data: Sequence[str | Path],
@@ -539,49 +557,32 @@ def rollout(
     mode: str = "create",
     device: str = "auto",
     command: str = "",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> RolloutResult:
     """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
 
     mode: `create` (refuse an existing `out`), `overwrite` (replace it once the new store is
     complete) or `resume` (fill in what an interrupted run with the same settings left out).
+    Everything is checked before anything is written.
     """
     from minconv_cli.checkpoint import load_checkpoint
 
     started = time.perf_counter()
-    if steps < 1:
-        raise MinconvError(f"--steps: must be at least 1, got {steps}")
-    if batch_size < 1:
-        raise MinconvError(f"--batch-size: must be at least 1, got {batch_size}")
-    if zarr_format not in (2, 3):
-        raise MinconvError(f"--zarr-format: must be 2 or 3, got {zarr_format}")
-    if mode not in ("create", "overwrite", "resume"):
-        raise ValueError(f"rollout mode: expected create, overwrite or resume, got {mode!r}")
-    out = Path(out)
-    data = [Path(p) for p in data]
-    if not data:
-        raise MinconvError("DATA: no initial-condition files given")
-    if out.exists() and mode == "create":
-        raise MinconvError(
-            f"{out}: already exists; use --overwrite to replace it or --resume to complete it"
-        )
-    if any(out.resolve() == p.resolve() for p in data):
-        raise MinconvError(f"{out}: is also an input file")
+    out, data = Path(out), [Path(p) for p in data]
+    _check_request(steps, batch_size, zarr_format, mode, out, data)
     ckpt_path = Path(checkpoint)
     dev = resolve_device(device)
     loaded = load_checkpoint(ckpt_path, map_location=dev)
-    model, meta = loaded.model, loaded.meta
-    model.eval()
-    normalizer = Normalizer.from_dict(meta["normalizer"])
+    meta = loaded.meta
     context = int(meta.get("context") or 1) if context is None else context
     if context < 1:
         raise MinconvError(f"--context: must be at least 1, got {context}")
     fields = open_matching_fields(data, meta)
     order = check_against_checkpoint(fields, meta)
     step = time_step_of(meta)
-    init_index = select_init_times(init_times, fields, context, step)
+    job = Job(fields, order, select_init_times(init_times, fields, context, step), context, steps)
     sha = file_sha256(ckpt_path)
-    init_labels = time_labels(fields.times[init_index])
+    init_labels = time_labels(fields.times[job.init_index])
     settings = {
         "checkpoint_sha256": sha,
         "steps": steps,
@@ -601,54 +602,44 @@ def rollout(
         "model": str(meta["model"].get("name", "")),
         "context": context,
         "source": ", ".join(str(p) for p in data),
+        SETTINGS_ATTR: json.dumps(settings),
     }
-    layout = store_layout(fields, order, init_index, steps, step, settings, attrs)
+    clock = {"read": 0.0, "model": 0.0, "write": 0.0}
+    t0 = time.perf_counter()
+    template, encoding = store_template(fields, order, job.init_index, steps, step, attrs)
     target = out
-    created = 0.0
     if out.exists() and mode == "resume":
-        done = read_done(out, layout)
+        done = read_done(out, settings)
     else:
         if out.exists():  # overwrite: build beside it, swap in when complete
             target = out.with_name(f".{out.name}.minconv-partial")
-            _remove(target)
-        t_create = time.perf_counter()
-        create_store(layout, target, zarr_format)
-        created = time.perf_counter() - t_create
-        done = np.zeros(layout.template[DONE].shape, dtype=bool)
-    sample_shape = tuple(fields.ds.sizes[d] for d in fields.sample_dims)
-    todo = [
-        (i, s, (i, *np.unravel_index(s, sample_shape)) if sample_shape else (i,))
-        for i in range(len(init_index))
-        for s in range(fields.n_samples)
-    ]
-    pending = [item for item in todo if not done[item[2]]]
+            _remove(target)  # left by an interrupted overwrite
+        create_store(template, encoding, target, zarr_format)
+        done = np.zeros(template[DONE].shape, dtype=bool)
+    clock["write"] += time.perf_counter() - t0
+    todo = job.sequences()
+    pending = [seq for seq in todo if not done[seq[2]]]
+    model = loaded.model.eval()
+    normalizer = Normalizer.from_dict(meta["normalizer"])
     writer = StoreWriter(target, fields)
-    static = _oriented(fields.static_array(), order) if fields.static_channels else None
-    total, finished = len(todo), len(todo) - len(pending)
+    static = job.static()
     if progress:
-        progress(finished, total)
-    clock = {"read": 0.0, "model": 0.0, "write": created}
+        progress(len(todo) - len(pending), len(todo))
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
         t0 = time.perf_counter()
-        frames = np.stack(
-            [
-                _oriented(fields.frames(s, init_index[i] - context + 1, init_index[i] + 1), order)
-                for i, s, _ in batch
-            ]
-        )
+        frames = job.context_frames(batch)
         t1 = time.perf_counter()
         values = forecast(model, normalizer, frames, static, steps, dev)
         # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
         values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
         t2 = time.perf_counter()
-        writer.write([tuple(int(k) for k in pos) for _, _, pos in batch], values)
+        writer.write([pos for _, _, pos in batch], values)
         clock["read"] += t1 - t0
         clock["model"] += t2 - t1
         clock["write"] += time.perf_counter() - t2
-        finished += len(batch)
         if progress:
-            progress(finished, total)
+            progress(len(todo) - len(pending) + start + len(batch), len(todo))
     if target != out:
         _swap_in(target, out)
     return RolloutResult(
@@ -662,6 +653,28 @@ def rollout(
         seconds=round(time.perf_counter() - started, 3),
         timings={k: round(v, 4) for k, v in clock.items()},
     )
+
+
+def _check_request(
+    steps: int, batch_size: int, zarr_format: int, mode: str, out: Path, data: list[Path]
+) -> None:
+    """Option values and the output path, before anything is opened."""
+    if mode not in ("create", "overwrite", "resume"):
+        raise ValueError(f"rollout mode: expected create, overwrite or resume, got {mode!r}")
+    if steps < 1:
+        raise MinconvError(f"--steps: must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise MinconvError(f"--batch-size: must be at least 1, got {batch_size}")
+    if zarr_format not in (2, 3):
+        raise MinconvError(f"--zarr-format: must be 2 or 3, got {zarr_format}")
+    if not data:
+        raise MinconvError("DATA: no initial-condition files given")
+    if out.exists() and mode == "create":
+        raise MinconvError(
+            f"{out}: already exists; use --overwrite to replace it or --resume to complete it"
+        )
+    if any(out.resolve() == p.resolve() for p in data):
+        raise MinconvError(f"{out}: is also an input file")
 
 
 def _oriented(array: np.ndarray, order: GridOrder) -> np.ndarray:
