@@ -164,7 +164,7 @@ def open_fields(
         sample_dims=tuple(sample_dims),
         level_dim=level_dim,
         channels=_channels(ds, selected, level_dim),
-        static_channels=_static_channels(ds, static, label, level_dim, time_dim, (y_dim, x_dim)),
+        static_channels=_static_channels(ds, static, label, level_dim, (y_dim, x_dim)),
         time_step=_time_step(ds[time_dim].values),
         is_latlon=latlon,
         default_padding=default_padding(ds, y_dim, x_dim, latlon),
@@ -273,7 +273,6 @@ def _static_channels(
     names: Sequence[str],
     label: str,
     level_dim: str | None,
-    time_dim: str,
     grid_dims: tuple[str, str],
 ) -> list[Channel]:
     """Static inputs: fields over (y, x) (the first time and sample are used if they have more)."""
