@@ -45,6 +45,10 @@ def write_dataset(ds: xr.Dataset, path: Path, overwrite: bool = False) -> Path:
             }
             ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
         else:
+            # Variable-length strings: Zarr v3 has a specified dtype for them, not for fixed-width ones.
+            ds = ds.assign_coords(
+                {n: ds[n].astype(object) for n in ds.coords if ds[n].dtype.kind == "U"}
+            )
             ds.to_zarr(tmp, mode="w", encoding={"vorticity": {"chunks": chunks}}, consolidated=True)
         if path.exists():
             if path.is_dir():
