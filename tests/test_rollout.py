@@ -305,9 +305,18 @@ def test_numeric_init_times_on_trajectory_data(trajectories):
 # --------------------------------------------------------------------------- written as it goes
 
 
-def test_a_killed_run_resumes_to_the_same_store_as_an_uninterrupted_one(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Every run of the kill test on one torch thread (tiny tensors; same numerics in and out of process)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield {**os.environ, "OMP_NUM_THREADS": "1"}
+    torch.set_num_threads(threads)
+
+
+def test_a_killed_run_resumes_to_the_same_store_as_an_uninterrupted_one(tmp_path, one_thread):
     data = tmp_path / "long.nc"
-    latlon_dataset(n_time=40, n_lat=4, n_lon=8, freq="6h").to_netcdf(data)
+    latlon_dataset(n_time=60, n_lat=4, n_lon=8, freq="6h").to_netcdf(data)
     ckpt = tmp_path / "model.pt"
     make_checkpoint(data, ckpt)
     killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
@@ -326,6 +335,7 @@ def test_a_killed_run_resumes_to_the_same_store_as_an_uninterrupted_one(tmp_path
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=one_thread,
     )
     try:
         deadline = time.monotonic() + 60
