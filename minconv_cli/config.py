@@ -295,9 +295,11 @@ def resolve_config(
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
     options: dict[str, Any] | None = None,
+    base: dict | None = None,
 ) -> Config:
-    """Defaults, then the YAML file, then `--set` overrides, then command-line options (dotted keys;
-    None means "not given"), each layer validated with its source named in errors."""
+    """Defaults (or `base`, e.g. a resumed run's config), then the YAML file, then `--set`
+    overrides, then command-line options (dotted keys; None means "not given"), each layer
+    validated with its source named in errors."""
     layers: list[tuple[str, dict]] = []
     if config_file is not None:
         layers.append((str(config_file), read_yaml(config_file)))
@@ -307,6 +309,8 @@ def resolve_config(
     if given:
         layers.append(("command line", nest(given)))
     merged: dict = Config().to_dict()
+    if base is not None:
+        layers.insert(0, ("checkpoint config", base))
     for source, layer in layers:
         _build(Config, layer, "", source)  # name the layer that holds a bad key
         merged = _merge(merged, layer)

@@ -1,8 +1,248 @@
-"""`minconv train`: not available yet."""
+"""`minconv train`: train a model on NetCDF/Zarr data (or the bundled sample) into a run directory."""
 
-from minconv_cli.commands._common import fail
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from minconv_cli.commands._common import console, print_json, user_errors
 
 
-def train() -> None:
-    """(not available yet) This command is being built."""
-    raise fail("'minconv train' is not available yet in this version")
+def _names(values: list[str] | None) -> list[str] | None:
+    """Repeated and/or comma-separated names -> one list (None when not given)."""
+    if not values:
+        return None
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+class RichReporter:
+    """Epoch and step bars with loss, throughput and ETA on stderr; one line per finished epoch."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.epochs: TaskID | None = None
+        self.steps: TaskID | None = None
+        self.windows = 0
+        self.since = time.monotonic()
+
+    def begin(self, epochs: int, first_epoch: int) -> None:
+        self.progress.start()
+        self.epochs = self.progress.add_task("epochs", total=epochs, completed=first_epoch, info="")
+
+    def epoch(self, epoch: int, steps: int, done: int) -> None:
+        if self.steps is not None:
+            self.progress.remove_task(self.steps)
+        self.steps = self.progress.add_task(
+            f"epoch {epoch + 1}", total=steps, completed=done, info=""
+        )
+        self.windows, self.since = 0, time.monotonic()
+
+    def step(self, loss: float, windows: int) -> None:
+        self.windows += windows
+        rate = self.windows / max(1e-9, time.monotonic() - self.since)
+        self.progress.update(self.steps, advance=1, info=f"loss {loss:.4g}  {rate:.1f} win/s")
+
+    def epoch_done(self, row: dict[str, Any]) -> None:
+        self.progress.update(
+            self.epochs,
+            advance=1,
+            info=f"val RMSE cl {row['val_rmse_cl']:.4g} (persistence {row['persistence_rmse']:.4g})",
+        )
+        self.progress.console.print(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4g}, val RMSE tf "
+            f"{row['val_rmse_tf']:.4g}, cl {row['val_rmse_cl']:.4g}, persistence "
+            f"{row['persistence_rmse']:.4g}, {row['seconds']:.1f} s"
+        )
+
+    def end(self) -> None:
+        self.progress.stop()
+
+
+def _table(summary: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"{summary['model']} ({summary['parameters']:,} parameters), best epoch "
+        f"{summary['best_epoch']}"
+    )
+    for col in ("channel", "RMSE tf", "RMSE cl", "persistence cl", "skill vs persistence"):
+        table.add_column(col, justify="right")
+    for name, ch in summary["channels"].items():
+        ratio = ch["rmse_cl"] / ch["persistence_rmse_cl"] if ch["persistence_rmse_cl"] else math.nan
+        table.add_row(
+            name,
+            f"{ch['rmse_tf']:.4g}",
+            f"{ch['rmse_cl']:.4g}",
+            f"{ch['persistence_rmse_cl']:.4g}",
+            f"{1 - ratio:+.1%}",
+        )
+    return table
+
+
+@user_errors
+def train(
+    data: list[Path] | None = typer.Argument(
+        None,
+        help="NetCDF file(s)/Zarr store(s), joined along time. Default: the bundled Navier-Stokes sample.",
+    ),
+    config_file: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
+    sets: list[str] | None = typer.Option(
+        None,
+        "--set",
+        "-s",
+        help="Config override SECTION.KEY=VALUE (repeatable), e.g. optim.weight_decay=0.01.",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="minconvgru, minconvlstm, minconvexplstm, convgru or convlstm."
+    ),
+    variables: list[str] | None = typer.Option(
+        None,
+        "--variables",
+        "-v",
+        help="Variables to predict (comma-separated or repeated). Default: all.",
+    ),
+    static: list[str] | None = typer.Option(
+        None, "--static", help="Static inputs, not predicted (e.g. lsm,orography,latitude)."
+    ),
+    train_period: str | None = typer.Option(
+        None,
+        "--train-period",
+        help="Training split: START/END times, DIM=a:b (e.g. trajectory=0:150), a fraction 0.0:0.8 "
+        "or split=NAME. Default: split=train if the data has a split coordinate, else 0.0:0.8.",
+    ),
+    val_period: str | None = typer.Option(
+        None,
+        "--val-period",
+        help="Validation split (same forms). Default: split=val, else 0.8:0.9.",
+    ),
+    context: int | None = typer.Option(None, "--context", help="Teacher-forced steps per window."),
+    horizon: int | None = typer.Option(None, "--horizon", help="Closed-loop steps per window."),
+    width: int | None = typer.Option(None, "--width", help="Hidden channels per layer."),
+    params: int | None = typer.Option(
+        None,
+        "--params",
+        help="Parameter budget: the width is chosen to match it (instead of --width).",
+    ),
+    layers: int | None = typer.Option(None, "--layers", help="Recurrent layers."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Epochs (passes over the training windows)."
+    ),
+    max_time: float | None = typer.Option(
+        None,
+        "--max-time",
+        help="Wall-clock budget in seconds: stop (after validating) when reached.",
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", "-b", help="Windows per step (per process)."
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of initialisation, shuffling and noise."
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory. Default: runs/<model>-<date>-<time>."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last.pt."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no table."),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the full resolved config as YAML and exit."
+    ),
+) -> None:
+    """Train a forecasting model; writes model.pt, last.pt, config.yaml, metrics.csv and summary.json."""
+    from minconv_cli.checkpoint import read_checkpoint
+    from minconv_cli.config import resolve_config
+    from minconv_cli.errors import MinconvError
+    from minconv_cli.training import train_model
+
+    if width is not None and params is not None:
+        raise MinconvError("--width and --params: give one of them")
+    if resume and overwrite:
+        raise MinconvError("--resume and --overwrite: choose one")
+    if resume and out is None:
+        raise MinconvError("--resume: needs --out RUN_DIR (the run to continue)")
+    options = {
+        "data.paths": [str(p) for p in data] if data else None,
+        "data.variables": _names(variables),
+        "data.static": _names(static),
+        "data.train_period": train_period,
+        "data.val_period": val_period,
+        "model.name": model,
+        "model.width": width,
+        "model.params": params,
+        "model.layers": layers,
+        "train.context": context,
+        "train.horizon": horizon,
+        "train.epochs": epochs,
+        "train.max_time": max_time,
+        "train.batch_size": batch_size,
+        "train.seed": seed,
+        "train.device": device,
+        "optim.lr": lr,
+    }
+    base = None
+    if resume:
+        _, meta = read_checkpoint(out / "last.pt")
+        base = meta.get("config")
+    cfg = resolve_config(config_file, sets, options, base=base)
+    if width is not None:
+        cfg.model.params = None  # an explicit --width wins over a budget from the config
+    if print_config:
+        typer.echo(cfg.to_yaml(), nl=False)
+        return
+    if out is None:
+        out = Path("runs") / f"{cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    holder: dict[str, Any] = {}
+
+    def on_setup(info: Any) -> None:
+        holder["main"] = info.is_main
+
+    reporter = None if quiet else RichReporter()
+    result = train_model(
+        cfg, out, resume=resume, overwrite=overwrite, reporter=reporter, on_setup=on_setup
+    )
+    if not holder.get("main", True):
+        return
+    summary = result.summary
+    if result.status == "interrupted":
+        console.print(
+            f"[yellow]interrupted[/]: saved {out / 'last.pt'} at epoch {summary['epochs_completed'] + 1}, "
+            f"step {summary['steps']}; continue with: minconv train --out {out} --resume"
+        )
+        if json_out:
+            print_json(summary)
+        raise typer.Exit(130)
+    if json_out:
+        print_json(summary)
+    if not quiet:
+        if summary["channels"]:
+            console.print(_table(summary))
+        console.print(
+            f"{result.status.replace('_', ' ')}: {summary['epochs_completed']} epoch(s) in "
+            f"{summary['seconds']:.1f} s; best model {summary['checkpoint']}"
+        )

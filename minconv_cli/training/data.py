@@ -1,0 +1,59 @@
+"""The training data: open the files, split train/validation, fit the normaliser, cut windows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minconv_cli.config import Config
+from minconv_cli.data import Fields, Normalizer, WindowDataset, open_fields, split_fields
+
+
+@dataclass
+class TrainingData:
+    """Everything the loop needs from the data, built once per run."""
+
+    fields: Fields
+    train: Fields
+    val: Fields
+    train_spec: str
+    val_spec: str
+    normalizer: Normalizer
+    train_windows: WindowDataset
+    val_windows: WindowDataset
+
+
+def default_splits(fields: Fields) -> tuple[str, str]:
+    """`split=train` / `split=val` when the data has a `split` coordinate with both, else fractions
+    0.0:0.8 / 0.8:0.9 (of the samples, or of time when there are no sample dims)."""
+    if "split" in fields.ds.coords and fields.sample_dims:
+        names = set(fields.ds["split"].values.astype(str).tolist())
+        if {"train", "val"} <= names:
+            return "split=train", "split=val"
+    return "0.0:0.8", "0.8:0.9"
+
+
+def data_paths(config: Config) -> list[str]:
+    """The configured data files, or the bundled Navier-Stokes sample when none are given."""
+    if config.data.paths:
+        return list(config.data.paths)
+    from minconv_cli.sample import sample_path
+
+    return [str(sample_path())]
+
+
+def prepare_data(config: Config) -> TrainingData:
+    """Open, split and window the data for `config` (normaliser fitted on the training split)."""
+    d, t = config.data, config.train
+    fields = open_fields(
+        data_paths(config), variables=d.variables, static=d.static, dims=d.dims, levels=d.levels
+    )
+    auto_train, auto_val = default_splits(fields)
+    train_spec, val_spec = d.train_period or auto_train, d.val_period or auto_val
+    train, val = split_fields(fields, train_spec), split_fields(fields, val_spec)
+    normalizer = Normalizer.fit(train)
+    length = t.context + t.horizon + 1
+    train_windows = WindowDataset(train, length, normalizer, stride=d.stride)
+    val_windows = WindowDataset(val, length, normalizer, stride=d.val_stride)
+    return TrainingData(
+        fields, train, val, train_spec, val_spec, normalizer, train_windows, val_windows
+    )

@@ -1,0 +1,79 @@
+"""Single process or DistributedDataParallel under torchrun: ranks, devices, threads, reductions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from minconv_cli.errors import MinconvError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process' place in the job (world 1, rank 0 when not under torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """`auto` picks CUDA when available; `cuda` without a GPU is an error."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise MinconvError("--device cuda: no CUDA device is available")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup(preference: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group if there is one (nccl on CUDA, gloo on CPU); set threads."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    info = Dist(
+        rank=int(os.environ.get("RANK", "0")),
+        world=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_world=local_world,
+    )
+    device = resolve_device(preference, info.local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, available_cores() // max(1, local_world)))
+    if info.enabled and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def teardown(info: Dist) -> None:
+    """Leave the process group (if this process joined one)."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: Dist) -> torch.Tensor:
+    """Sum over ranks in place (a no-op in a single process)."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

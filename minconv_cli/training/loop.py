@@ -1,0 +1,461 @@
+"""`train_model`: the training run behind `minconv train` (single process or DDP under torchrun).
+
+Every random choice is a function of (seed, epoch, step): the model is initialised from `seed`,
+each epoch's shuffle from (seed, epoch) and each step's input noise from (seed, step). With the
+position within the epoch saved in last.pt, a resumed run repeats exactly what an uninterrupted
+one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from minconv_cli import __version__
+from minconv_cli.checkpoint import data_meta, read_checkpoint, save_checkpoint
+from minconv_cli.config import Config
+from minconv_cli.errors import MinconvError
+from minconv_cli.models import count_parameters, create_model, width_for_params
+from minconv_cli.training import distributed
+from minconv_cli.training.data import TrainingData, data_paths, prepare_data
+from minconv_cli.training.distributed import Dist
+from minconv_cli.training.run_dir import RunDir
+from minconv_cli.training.steps import Validation, training_loss, validate
+
+
+class Reporter(Protocol):
+    """Progress sink (the command's rich display); library code prints nothing itself."""
+
+    def begin(self, epochs: int, first_epoch: int) -> None: ...
+    def epoch(self, epoch: int, steps: int, done: int) -> None: ...
+    def step(self, loss: float, windows: int) -> None: ...
+    def epoch_done(self, row: dict[str, Any]) -> None: ...
+    def end(self) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and its summary (as written to summary.json)."""
+
+    status: str  # completed | early_stopping | time_budget | interrupted
+    summary: dict[str, Any]
+    run_dir: Path
+
+
+def build_model(config: Config, data: TrainingData) -> torch.nn.Module:
+    """The configured model for this data (width from the parameter budget when one is given)."""
+    m = config.model
+    fields = data.fields
+    n_static = len(fields.static_channels)
+    kwargs: dict[str, Any] = {
+        "kernel_size": m.kernel_size,
+        "padding": fields.default_padding if m.padding == "auto" else m.padding,
+        "norm": m.norm,
+        "predict": m.predict,
+        "static_channels": n_static,
+        "scan_backend": m.scan_backend,
+        "peepholes": m.peepholes,
+        "cylinder_pad": m.cylinder_pad,
+        "norm_groups": m.norm_groups,
+        "time_chunk": m.time_chunk,
+    }
+    in_channels = len(fields.channels) + n_static
+    width = m.width
+    try:
+        if m.params is not None:
+            width = width_for_params(
+                m.name, m.params, in_channels, m.layers, fields.grid_shape, **kwargs
+            )
+        return create_model(
+            m.name, in_channels, width=width, layers=m.layers, grid=fields.grid_shape, **kwargs
+        )
+    except ValueError as err:
+        raise MinconvError(f"config: model: {err}") from None
+
+
+def horizon_at(config: Config, epoch: int) -> int:
+    """Closed-loop steps trained in `epoch` (0-based): the curriculum grows them linearly."""
+    t = config.train
+    if t.curriculum_epochs <= 0 or t.horizon == 0:
+        return t.horizon
+    if epoch >= t.curriculum_epochs:
+        return t.horizon
+    span = t.horizon - t.curriculum_start
+    return t.curriculum_start + (span * epoch) // t.curriculum_epochs
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**63)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class _Position:
+    """Where the run is, saved in last.pt."""
+
+    epoch: int = 0  # 0-based epoch in progress
+    step: int = 0  # batches done within it
+    global_step: int = 0
+    loss_sum: float = 0.0  # this epoch's summed step losses so far
+    epoch_seconds: float = 0.0
+    elapsed: float = 0.0  # training seconds over all sessions
+    best_score: float = math.inf
+    best_epoch: int = 0
+    history: list | None = None
+    best_detail: dict | None = None
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[dict]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT aborts."""
+    flag: dict[str, int | None] = {"signal": None}
+
+    def handler(signum: int, _frame: Any) -> None:
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no handlers
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Run:
+    """State of one training run (model, optimiser, schedule, data, position) and its steps."""
+
+    def __init__(
+        self,
+        config: Config,
+        out: Path,
+        resume: bool,
+        overwrite: bool,
+        reporter: Reporter | None,
+        info: Dist,
+        device: torch.device,
+    ) -> None:
+        self.config, self.info, self.device = config, info, device
+        self.run_dir = RunDir(out)
+        if info.is_main:
+            self.run_dir.prepare(resume=resume, overwrite=overwrite)
+        self.reporter = reporter if info.is_main else None
+        self.data = prepare_data(config)
+        torch.manual_seed(config.train.seed)
+        self.model = build_model(config, self.data).to(device)
+        self.hparams = self.model.hparams
+        self.parameters = count_parameters(self.model)
+        o = config.optim
+        opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.sampler = DistributedSampler(
+            self.data.train_windows,
+            num_replicas=info.world,
+            rank=info.rank,
+            shuffle=True,
+            seed=config.train.seed,
+        )
+        self.steps_per_epoch = math.ceil(len(self.sampler) / config.train.batch_size)
+        self.scheduler: Any = None
+        if o.schedule == "cosine":
+            total = max(1, config.train.epochs * self.steps_per_epoch)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=total, eta_min=o.min_lr
+            )
+        elif o.schedule == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                factor=o.plateau_factor,
+                patience=o.plateau_patience,
+                min_lr=o.min_lr,
+            )
+        self.pos = _Position(history=[])
+        if resume:
+            self._restore()
+        self.net: torch.nn.Module = self.model
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if config.train.compile and device.type == "cuda":
+            self.net = torch.compile(self.net)
+
+    # ------------------------------------------------------------------ checkpoints
+    def meta(self, epoch: int, metrics: dict) -> dict:
+        d = self.data
+        return {
+            **data_meta(d.fields, d.normalizer),
+            "padding": self.hparams["padding"],
+            "model": self.hparams,
+            "context": self.config.train.context,
+            "horizon": self.config.train.horizon,
+            "config": self.config.to_dict(),
+            "splits": {"train": d.train_spec, "val": d.val_spec, "paths": data_paths(self.config)},
+            "epoch": epoch,
+            "metrics": metrics,
+        }
+
+    def save_last(self) -> None:
+        p = self.pos
+        extra = {
+            "position": json.dumps(
+                {k: v for k, v in vars(p).items()}, default=float, allow_nan=True
+            ),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "torch_rng": torch.get_rng_state(),
+        }
+        last = p.history[-1] if p.history else {}
+        save_checkpoint(
+            self.run_dir.last,
+            self.model,
+            self.meta(p.epoch, last),
+            optimizer_state=self.optimizer.state_dict(),
+            extra=extra,
+        )
+
+    def _restore(self) -> None:
+        path = self.run_dir.last
+        raw, meta = read_checkpoint(path)
+        if meta.get("minconv_version") != __version__:
+            raise MinconvError(
+                f"--resume: {path} was written by minconv {meta.get('minconv_version')}, "
+                f"this is {__version__}"
+            )
+        if meta["model"] != self.hparams:
+            diff = sorted(
+                k
+                for k in {*meta["model"], *self.hparams}
+                if meta["model"].get(k) != self.hparams.get(k)
+            )
+            raise MinconvError(
+                f"--resume: {path} holds another model (differs in {', '.join(diff)}); "
+                "resume with the run's own settings or start a new run"
+            )
+        if meta.get("normalizer") != self.data.normalizer.to_dict():
+            raise MinconvError(
+                f"--resume: {path} was trained on other data (normalisation differs)"
+            )
+        extra = raw.get("extra") or {}
+        try:
+            self.model.load_state_dict(raw["state_dict"])
+            self.optimizer.load_state_dict(raw["optimizer_state"])
+            if self.scheduler is not None and extra.get("scheduler"):
+                self.scheduler.load_state_dict(extra["scheduler"])
+            self.pos = _Position(**json.loads(extra["position"]))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise MinconvError(f"--resume: {path} cannot be resumed ({err})") from None
+        if "torch_rng" in extra:
+            torch.set_rng_state(extra["torch_rng"])
+
+    # ------------------------------------------------------------------ loop
+    def epoch_batches(self, epoch: int, skip: int) -> DataLoader:
+        """This rank's batches of `epoch` (shuffled from (seed, epoch)), without the first `skip`."""
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        size = self.config.train.batch_size
+        batches = [order[i : i + size] for i in range(skip * size, len(order), size)]
+        return self._loader(self.data.train_windows, batches)
+
+    def _loader(self, dataset: Any, batches: list[list[int]]) -> DataLoader:
+        workers = self.config.train.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def validation(self) -> Validation:
+        t = self.config.train
+        n = len(self.data.val_windows)
+        mine = list(range(self.info.rank, n, self.info.world))
+        batches = [mine[i : i + t.batch_size] for i in range(0, len(mine), t.batch_size)]
+        self.model.eval()
+        try:
+            return validate(
+                self.model,
+                self._loader(self.data.val_windows, batches),
+                t.context,
+                t.horizon,
+                self.data.normalizer,
+                self.device,
+                self.info,
+                t.amp,
+            )
+        finally:
+            self.model.train()
+
+    def _sync(self, loss: float, stop: bool) -> tuple[float, bool]:
+        """Mean loss over ranks and whether any rank wants to stop (one all-reduce per step)."""
+        if not self.info.enabled:
+            return loss, stop
+        t = torch.tensor([loss, float(stop)], dtype=torch.float64)
+        distributed.all_reduce_sum(t, self.info)
+        return float(t[0]) / self.info.world, bool(t[1] > 0)
+
+    def run(self, flag: dict) -> str:
+        """Train until the epochs are done, patience runs out, time is up, or a signal arrives."""
+        t, p = self.config.train, self.pos
+        if self.reporter:
+            self.reporter.begin(t.epochs, p.epoch)
+        started = time.monotonic() - p.elapsed
+        out_of_time = False
+        while p.epoch < t.epochs:
+            epoch_start = time.monotonic() - p.epoch_seconds
+            horizon = horizon_at(self.config, p.epoch)
+            if self.reporter:
+                self.reporter.epoch(p.epoch, self.steps_per_epoch, p.step)
+            stopped = False
+            for batch in self.epoch_batches(p.epoch, p.step):
+                noise = _generator(t.seed, p.global_step, self.info.rank) if t.noise > 0 else None
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = training_loss(self.net, batch, t.context, horizon, t, self.device, noise)
+                value = float(loss.detach())
+                if math.isfinite(value):
+                    loss.backward()
+                    if t.clip_grad is not None:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+                    self.optimizer.step()
+                    if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                        self.scheduler.step()
+                over_time = t.max_time is not None and time.monotonic() - started >= t.max_time
+                value, stop = self._sync(value, flag["signal"] is not None or over_time)
+                if not math.isfinite(value):
+                    raise MinconvError(
+                        f"training diverged: loss is {value} at epoch {p.epoch + 1}, step {p.step + 1}; "
+                        f"kept the last good checkpoints in {self.run_dir.path} (try a lower --lr)"
+                    )
+                p.step += 1
+                p.global_step += 1
+                p.loss_sum += value
+                if self.reporter:
+                    self.reporter.step(value, batch["x"].shape[0] * self.info.world)
+                if stop:
+                    stopped = True
+                    break
+            p.epoch_seconds = time.monotonic() - epoch_start
+            p.elapsed = time.monotonic() - started
+            if stopped and flag["signal"] is not None:
+                if self.info.is_main:
+                    self.save_last()
+                return "interrupted"
+            out_of_time = stopped or (
+                t.max_time is not None and time.monotonic() - started >= t.max_time
+            )
+            if self._finish_epoch(horizon):
+                return "early_stopping"
+            if out_of_time:
+                return "time_budget"
+        return "completed"
+
+    def _finish_epoch(self, horizon: int) -> bool:
+        """Validate, record, checkpoint; True when early stopping says to stop."""
+        t, p = self.config.train, self.pos
+        val = self.validation()
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = {
+            "epoch": p.epoch + 1,
+            "train_loss": p.loss_sum / max(1, p.step),
+            **val.row(),
+            "lr": lr,
+            "seconds": round(p.epoch_seconds, 3),
+            "horizon": horizon,
+        }
+        p.history.append(row)
+        improved = val.score < p.best_score
+        if improved:
+            p.best_score, p.best_epoch, p.best_detail = val.score, p.epoch + 1, val.detail()
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val.score)
+        p.epoch += 1
+        p.step, p.loss_sum, p.epoch_seconds = 0, 0.0, 0.0
+        if self.info.is_main:
+            if improved:
+                save_checkpoint(self.run_dir.model, self.model, self.meta(p.epoch, row))
+            self.save_last()
+            self.run_dir.write_metrics(p.history)
+        if self.reporter:
+            self.reporter.epoch_done(row)
+        return t.patience is not None and p.epoch - p.best_epoch >= t.patience
+
+    def summary(self, status: str) -> dict[str, Any]:
+        p, t, d = self.pos, self.config.train, self.data
+        best = next((r for r in p.history if r["epoch"] == p.best_epoch), {})
+        beats = None
+        if best and not math.isnan(best.get("val_rmse_cl", math.nan)):
+            beats = all(
+                v["rmse_cl"] < v["persistence_rmse_cl"] for v in (p.best_detail or {}).values()
+            )
+        return {
+            "status": status,
+            "run_dir": str(self.run_dir.path),
+            "checkpoint": str(self.run_dir.model) if self.run_dir.model.exists() else None,
+            "model": self.hparams["name"],
+            "parameters": self.parameters,
+            "widths": self.hparams["widths"],
+            "context": t.context,
+            "horizon": t.horizon,
+            "data": data_paths(self.config),
+            "train_split": d.train_spec,
+            "val_split": d.val_spec,
+            "train_windows": len(d.train_windows),
+            "val_windows": len(d.val_windows),
+            "epochs_completed": p.epoch,
+            "steps": p.global_step,
+            "seconds": round(p.elapsed, 2),
+            "device": str(self.device),
+            "world_size": self.info.world,
+            "best_epoch": p.best_epoch,
+            "best": best,
+            "beats_persistence": beats,
+            "channels": p.best_detail or {},
+        }
+
+
+def train_model(
+    config: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+    on_setup: Callable[[Dist], None] | None = None,
+) -> TrainResult:
+    """Train `config` into the run directory `out`; returns how it ended and the summary."""
+    info, device = distributed.setup(config.train.device)
+    try:
+        if on_setup is not None:
+            on_setup(info)
+        run = _Run(config, Path(out), resume, overwrite, reporter, info, device)
+        if info.is_main:
+            run.run_dir.write_config(config.to_yaml())
+        try:
+            with _stop_on_signals() as flag:
+                status = run.run(flag)
+        finally:
+            if run.reporter:
+                run.reporter.end()
+        summary = run.summary(status)
+        if info.is_main:
+            run.run_dir.write_summary(summary)
+        return TrainResult(status=status, summary=summary, run_dir=run.run_dir.path)
+    finally:
+        distributed.teardown(info)

@@ -1,0 +1,93 @@
+"""The files of one training run in RUN_DIR, each written atomically (temp sibling + rename)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minconv_cli.errors import MinconvError
+
+RUN_FILES = ("model.pt", "last.pt", "config.yaml", "metrics.csv", "summary.json")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary sibling of `path`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Where one run keeps its checkpoints, resolved config, per-epoch metrics and summary."""
+
+    path: Path
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    def holds_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Refuse a directory holding another run unless told; clear it for `overwrite`."""
+        if self.path.exists() and not self.path.is_dir():
+            raise MinconvError(f"--out {self.path}: exists and is not a directory")
+        if resume:
+            if not self.last.is_file():
+                raise MinconvError(f"--resume: {self.last} not found (nothing to resume)")
+            return
+        if self.holds_run():
+            if not overwrite:
+                raise MinconvError(
+                    f"--out {self.path}: holds another run (use --resume to continue it or "
+                    "--overwrite to replace it)"
+                )
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """The whole per-epoch table (rewritten each epoch, so a resumed run has no stale rows)."""
+        if not rows:
+            return
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(self.metrics, buf.getvalue())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_text_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
+
+    def write_config(self, yaml_text: str) -> None:
+        write_text_atomic(self.config, yaml_text)
