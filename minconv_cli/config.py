@@ -138,7 +138,8 @@ def _type_name(hint: Any) -> str:
 
 
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
-    """(ok, value converted to `hint`): ints are accepted for floats, nothing else is converted."""
+    """(ok, value converted to `hint`): ints and numeric strings are accepted for floats, nothing
+    else is converted."""
     if hint is Any:
         return True, value
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -161,6 +162,11 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     if origin is dict:
         return isinstance(value, dict), value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value
     if hint is int:
