@@ -12,8 +12,12 @@ from torch.autograd.function import once_differentiable
 
 
 def g(x: torch.Tensor) -> torch.Tensor:
-    """The positive candidate activation: x + 0.5 for x >= 0, sigmoid(x) below (branch-free)."""
-    return torch.relu(x) + torch.sigmoid(x.clamp(max=0))
+    """The positive candidate activation: x + 0.5 for x >= 0, sigmoid(x) below.
+
+    Written as max(x + 0.5, sigmoid(x)), which is the same function (the line lies above the
+    sigmoid for x >= 0 and below it for x < 0) without a branch.
+    """
+    return torch.maximum(torch.sigmoid(x), x + 0.5)
 
 
 def update_logit(kind: str, gates: list[torch.Tensor]) -> torch.Tensor:
@@ -38,19 +42,24 @@ def gated_recurrence(s: torch.Tensor, p: torch.Tensor, h0: torch.Tensor | None) 
 
 
 class _GatedRecurrence(torch.autograd.Function):
-    """Forward: gates and the lerp per step. Backward: gates recomputed, adjoint scan, gate grads."""
+    """Forward: gates and the lerp, one time step at a time (small, cache-resident temporaries).
+    Backward: gates recomputed per step from s and p, the adjoint recurrence, the gate gradients."""
 
     @staticmethod
     def forward(ctx, s, p, h0):  # type: ignore[override]
-        z = torch.sigmoid(s)
-        cand = g(p)
-        h = torch.empty_like(cand)
+        h = torch.empty(p.shape, dtype=p.dtype, device=p.device)
+        z = torch.empty_like(h[0])
+        cand = torch.empty_like(h[0])
+        shifted = torch.empty_like(h[0])
         prev = h0
         for t in range(s.shape[0]):
+            torch.sigmoid(s[t], out=z)
+            torch.sigmoid(p[t], out=cand)
+            torch.maximum(cand, torch.add(p[t], 0.5, out=shifted), out=cand)
             if prev is None:
-                torch.mul(cand[t], z[t], out=h[t])
+                torch.mul(cand, z, out=h[t])
             else:
-                torch.lerp(prev, cand[t], z[t], out=h[t])
+                torch.lerp(prev, cand, z, out=h[t])
             prev = h[t]
         ctx.has_h0 = h0 is not None
         ctx.save_for_backward(s, p, h, h0 if h0 is not None else h)
@@ -60,21 +69,22 @@ class _GatedRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_h):  # type: ignore[override]
         s, p, h, h0 = ctx.saved_tensors
-        z = torch.sigmoid(s)
-        cand = g(p)
-        keep = 1 - z  # a_t
-        grad = grad_h.contiguous().clone()  # becomes dL/dh_t including the future
-        for t in range(s.shape[0] - 2, -1, -1):
-            grad[t].addcmul_(keep[t + 1], grad[t + 1])
-        # dL/dz_t = G_t (g(p_t) - h_{t-1}); dL/ds = dL/dz z(1-z); dL/dp = G_t z_t g'(p_t)
-        prev = torch.empty_like(h)
-        prev[1:] = h[:-1]
-        if ctx.has_h0:
-            prev[0] = h0
-        else:
-            prev[0].zero_()
-        grad_s = (cand - prev).mul_(grad).mul_(z).mul_(keep)
-        slope = torch.where(p >= 0, torch.ones_like(cand), cand * (1 - cand))
-        grad_p = slope.mul_(z).mul_(grad)
-        grad_h0 = keep[0] * grad[0] if ctx.has_h0 else None
+        grad_s = torch.empty(s.shape, dtype=s.dtype, device=s.device)
+        grad_p = torch.empty(p.shape, dtype=p.dtype, device=p.device)
+        grad = None  # dL/dh_t including the future, G_t = grad_h_t + a_{t+1} G_{t+1}
+        keep = None  # a_{t+1} = 1 - z_{t+1}
+        zero = torch.zeros_like(h[0]) if not ctx.has_h0 else None
+        for t in range(s.shape[0] - 1, -1, -1):
+            grad = grad_h[t].clone() if grad is None else torch.addcmul(grad_h[t], keep, grad)
+            z = torch.sigmoid(s[t])
+            sp = torch.sigmoid(p[t])
+            cand = torch.maximum(sp, p[t] + 0.5)
+            prev = h[t - 1] if t > 0 else (h0 if ctx.has_h0 else zero)
+            keep = 1 - z
+            gz = grad * z
+            # dL/ds = G (g(p) - h_{t-1}) z (1 - z); dL/dp = G z g'(p), g' = 1 (p >= 0) or sp (1 - sp)
+            torch.mul(torch.sub(cand, prev).mul_(gz), keep, out=grad_s[t])
+            slope = torch.where(p[t] >= 0, 1.0, sp.mul_(1 - sp))
+            torch.mul(gz, slope, out=grad_p[t])
+        grad_h0 = keep * grad if ctx.has_h0 else None
         return grad_s, grad_p, grad_h0
