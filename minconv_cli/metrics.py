@@ -1,0 +1,147 @@
+"""Score functions over xarray objects (WeatherBench 2 conventions): pure, lazy-friendly (dask), NaN-aware.
+
+Every function compares a forecast with the truth over `space` dims (e.g. latitude, longitude) and
+`cases` dims (init times and samples), keeping every other dim (lead, level). Cells where either side
+is NaN are left out and the weights renormalised over the cells that remain. A result of NaN means
+"undefined" (no valid cell, or a zero denominator); callers report it as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import xarray as xr
+
+Dims = Sequence[Hashable]
+
+# An anomaly whose RMS is below this fraction of the field's RMS is zero up to float32 round-off.
+ZERO_ANOMALY_RTOL = 1e-6
+
+
+def area_weights(latitude: xr.DataArray) -> xr.DataArray:
+    """cos(latitude) normalised to mean 1 over the latitudes given (WeatherBench 2 area weighting)."""
+    w = np.cos(np.deg2rad(latitude.astype(np.float64))).clip(min=0.0)
+    return (w / w.mean()).rename("area_weights")
+
+
+def weighted_mean(x: xr.DataArray, dims: Dims, weights: xr.DataArray | None = None) -> xr.DataArray:
+    """Mean over `dims` skipping NaN, weighted by `weights` (renormalised over the non-NaN cells)."""
+    if weights is None:
+        return x.mean(list(dims), skipna=True)
+    return x.weighted(weights).mean(list(dims), skipna=True)
+
+
+def _joint(forecast: xr.DataArray, truth: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Both arrays with NaN wherever either is NaN, so every term sees the same cells."""
+    valid = forecast.notnull() & truth.notnull()
+    return forecast.where(valid), truth.where(valid)
+
+
+def mse(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Mean squared error over cases and space (pooled: the WB2 mean of spatial means for a fixed mask)."""
+    return weighted_mean((forecast - truth) ** 2, [*cases, *space], weights)
+
+
+def rmse(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Root of the MSE averaged over cases and space (square root last, as in WeatherBench 2)."""
+    return np.sqrt(mse(forecast, truth, space, cases, weights))
+
+
+def mae(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Mean absolute error over cases and space."""
+    return weighted_mean(abs(forecast - truth), [*cases, *space], weights)
+
+
+def bias(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Mean error (forecast minus truth) over cases and space."""
+    return weighted_mean(forecast - truth, [*cases, *space], weights)
+
+
+def acc_per_case(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    climatology: xr.DataArray,
+    space: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Anomaly correlation of each case over space: sum w f'o' / sqrt(sum w f'^2 sum w o'^2).
+
+    f' = forecast - climatology, o' = truth - climatology. NaN where either anomaly is zero (up to
+    float32 round-off): the correlation is undefined there.
+    """
+    f, o = _joint(forecast, truth)
+    fa, oa = f - climatology, o - climatology
+    ff = weighted_mean(fa**2, space, weights)
+    oo = weighted_mean(oa**2, space, weights)
+    fo = weighted_mean(fa * oa, space, weights)
+    tol = ZERO_ANOMALY_RTOL**2
+    defined = (ff > tol * weighted_mean(f**2, space, weights)) & (
+        oo > tol * weighted_mean(o**2, space, weights)
+    )
+    return (fo / np.sqrt(ff * oo)).where(defined)
+
+
+def acc(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    climatology: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """ACC per case (init time, sample), then averaged over the cases where it is defined (WB2)."""
+    return acc_per_case(forecast, truth, climatology, space, weights).mean(list(cases), skipna=True)
+
+
+def rel_l2_per_case(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """||forecast - truth|| / ||truth|| of each case over space (weighted L2 norms); NaN if ||truth|| = 0."""
+    f, o = _joint(forecast, truth)
+    num = weighted_mean((f - o) ** 2, space, weights)
+    den = weighted_mean(o**2, space, weights)
+    return np.sqrt(num / den.where(den > 0))
+
+
+def rel_l2(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Relative L2 error per case, then averaged over cases (the neural-operator convention)."""
+    return rel_l2_per_case(forecast, truth, space, weights).mean(list(cases), skipna=True)
+
+
+def skill_score(mse_forecast: xr.DataArray, mse_reference: xr.DataArray) -> xr.DataArray:
+    """1 - MSE / MSE_ref: 1 is perfect, 0 no better than the reference; NaN where MSE_ref = 0."""
+    return 1.0 - mse_forecast / mse_reference.where(mse_reference > 0)
