@@ -207,6 +207,8 @@ def train(
     }
     base = None
     if resume:
+        if not (out / "last.pt").is_file():
+            raise MinconvError(f"--resume: {out / 'last.pt'} not found (nothing to resume)")
         _, meta = read_checkpoint(out / "last.pt")
         base = meta.get("config")
     cfg = resolve_config(config_file, sets, options, base=base)
