@@ -626,7 +626,7 @@ def _assemble(
         name="score",
     )
     records = []
-    undefined_seen = set()
+    undefined: dict[tuple, tuple[dict, dict]] = {}  # (forecast, metric, note) -> channels, leads
     for (name, ch), ds in per.items():
         for m in metric_names:
             if m not in ds:
@@ -641,7 +641,8 @@ def _assemble(
                 if not math.isfinite(value):
                     kind = "empty" if count == 0 else ("skill" if m.startswith("skill") else m)
                     note = UNDEFINED.get(kind, UNDEFINED["empty"])
-                    undefined_seen.add((name, ch, m, note))
+                    seen = undefined.setdefault((name, m, note), ({}, {}))
+                    seen[0][ch], seen[1][format_lead(lead)] = None, None
                 records.append(
                     {
                         "forecast": name,
@@ -653,8 +654,9 @@ def _assemble(
                         "note": note,
                     }
                 )
-    for name, ch, m, note in sorted(undefined_seen):
-        notes.append(f"{name} {ch} {m}: {note} (null in the records)")
+    for (name, m, note), (chs, at) in undefined.items():
+        where = "every lead" if len(at) == len(leads) else "lead " + ", ".join(at)
+        notes.append(f"{name} {m} of {', '.join(chs)} at {where}: {note} (null in the records)")
     lead_is_time = main.lead_is_time
     if lead_is_time:
         table = table.assign_coords(

@@ -1,8 +1,121 @@
-"""`minconv evaluate`: not available yet."""
+"""`minconv evaluate`: score forecast stores against the truth, with persistence and climatology."""
 
-from minconv_cli.commands._common import fail
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from minconv_cli.commands._common import console, print_json, user_errors
+
+if TYPE_CHECKING:
+    from minconv_cli.evaluate import Scores
 
 
-def evaluate() -> None:
-    """(not available yet) This command is being built."""
-    raise fail("'minconv evaluate' is not available yet in this version")
+@user_errors
+def evaluate(
+    forecast: Path = typer.Argument(..., help="Forecast Zarr store (WeatherBench 2 layout)."),
+    truth: list[Path] = typer.Argument(
+        ..., help="NetCDF file(s) or Zarr store(s) with the observed fields (joined along time)."
+    ),
+    compare: list[str] = typer.Option(
+        [], "--compare", "-c", help="Another forecast to score: PATH or NAME=PATH (repeatable)."
+    ),
+    metrics: str = typer.Option(
+        "rmse,mae,bias,acc,rel_l2", "--metrics", "-m", help="Comma-separated metrics."
+    ),
+    references: str = typer.Option(
+        "persistence,climatology",
+        "--references",
+        help="Reference forecasts from the truth: persistence, climatology (or '' for none).",
+    ),
+    climatology: Path | None = typer.Option(
+        None,
+        "--climatology",
+        help="Climatology file: per variable (dayofyear[, hour], y, x), or (y, x).",
+    ),
+    climatology_period: str | None = typer.Option(
+        None,
+        "--climatology-period",
+        help="START/END of the truth to build the climatology from (default: the truth before "
+        "the first init time; numeric time: the whole truth).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Directory for the scores (default: FORECAST_scores beside it)."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="PNG of error against lead time (default: OUT/scores.png)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing score files."),
+    json_out: bool = typer.Option(False, "--json", help="Print the score records on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Score a forecast store against observations (RMSE, MAE, bias, ACC, relative L2, skill)."""
+    from minconv_cli.evaluate import check_outputs, default_out_dir, write_reports
+    from minconv_cli.evaluate import evaluate as run_evaluate
+
+    out_dir = out or default_out_dir(forecast)
+    check_outputs(out_dir, plot, overwrite)
+    bar = Progress(
+        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), console=console, disable=quiet
+    )
+    task: list[TaskID] = []
+
+    def report(done: int, total: int) -> None:
+        if not task:
+            bar.start()
+            task.append(bar.add_task("scoring", total=total))
+        bar.update(task[0], completed=done, total=total)
+
+    try:
+        scores = run_evaluate(
+            forecast,
+            truth,
+            compare=compare,
+            metrics_=metrics,
+            references=references,
+            climatology=climatology,
+            climatology_period=climatology_period,
+            progress=report,
+        )
+    finally:
+        bar.stop()
+    written = write_reports(scores, out_dir, plot)
+    if json_out:
+        print_json(scores.records)
+    if not quiet:
+        _print_summary(scores, written)
+
+
+def _print_summary(scores: Scores, written: list[Path]) -> None:
+    """Overlap, a short table (RMSE and ACC at up to five leads) and the notes, on stderr."""
+    from minconv_cli.evaluate import format_lead
+
+    for o in scores.overlap:
+        it, ld = o["init_times"], o["leads"]
+        console.print(
+            f"{o['forecast']}: {it['count']}/{it['of']} init times ({it['first']} to {it['last']}), "
+            f"{ld['count']}/{ld['of']} leads ({ld['first']} to {ld['last']}), "
+            f"{o['cases']}/{o['of_cases']} (init, lead) cases scored"
+        )
+    table = scores.table
+    metric_names = [str(m) for m in table["metric"].values]
+    shown = [m for m in ("rmse", "acc") if m in metric_names] or metric_names[:1]
+    n = table.sizes["lead"]
+    picks = sorted({round(i * (n - 1) / 4) for i in range(5)}) if n > 5 else list(range(n))
+    leads = [format_lead(table["lead"].values[i]) for i in picks]
+    t = Table(title="scores", title_justify="left")
+    for col in ("forecast", "variable", "metric", *leads):
+        t.add_column(col, justify="right" if col in leads else "left", no_wrap=True)
+    for name in table["forecast"].values:
+        for ch in table["variable"].values:
+            for m in shown:
+                row = table.sel(forecast=name, variable=ch, metric=m).values[picks]
+                t.add_row(str(name), str(ch), m, *[f"{v:.4g}" if v == v else "-" for v in row])
+    console.print(t)
+    for note in scores.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    console.print(f"wrote {', '.join(str(p) for p in written)}")
