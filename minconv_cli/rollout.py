@@ -52,6 +52,18 @@ class RolloutResult:
 # --------------------------------------------------------------------------- checkpoint vs data
 
 
+META_KEYS = ("model", "channels", "grid", "normalizer", "time_step", "time_is_datetime")
+
+
+def check_meta(meta: dict, path: Path) -> None:
+    """A checkpoint without the data description `minconv train` writes cannot drive a rollout."""
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise MinconvError(
+            f"{path}: checkpoint lacks {', '.join(missing)} (not written by `minconv train`?)"
+        )
+
+
 def time_step_of(meta: dict) -> np.timedelta64 | float:
     """The training time step stored in the checkpoint meta (np.timedelta64[ns] or float)."""
     step = meta.get("time_step")
@@ -75,7 +87,8 @@ def open_matching_fields(data: Sequence[str | Path], meta: dict) -> Fields:
         "x": grid["x_dim"],
         "level": grid.get("level_dim"),
     }
-    present = set(open_dataset(data[0]).dims)
+    with open_dataset(data[0]) as first:
+        present = set(first.dims)
     dims: dict[str, Any] = {role: name for role, name in named.items() if name in present}
     samples = [d for d in meta.get("sample_dims", grid.get("sample_dims", [])) if d in present]
     if samples:
@@ -114,7 +127,6 @@ def check_against_checkpoint(fields: Fields, meta: dict) -> GridOrder:
     have_static = [c.name for c in fields.static_channels]
     if want_static != have_static:
         problems.append(f"static inputs {have_static} differ from the checkpoint's {want_static}")
-    order = GridOrder()
     grid = meta["grid"]
     flips = []
     for axis, dim in (("y", fields.y_dim), ("x", fields.x_dim)):
@@ -163,6 +175,12 @@ def _same_step(a: Any, b: Any) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-6)
 
 
+def _fmt_time(value: Any) -> str:
+    if isinstance(value, np.datetime64):
+        return str(pd.Timestamp(value))
+    return f"{float(value):g}"
+
+
 def _fmt_step(step: Any) -> str:
     if isinstance(step, np.timedelta64):
         return str(pd.Timedelta(step))
@@ -203,12 +221,12 @@ def select_init_times(spec: str | None, fields: Fields, context: int, step: Any)
     for i in sorted(set(indices)):
         if i < context - 1:
             raise MinconvError(
-                f"{fields.path_label}: init time {fields.times[i]} has only {i + 1} frame(s) up to it; "
+                f"{fields.path_label}: init time {_fmt_time(fields.times[i])} has only {i + 1} frame(s) up to it; "
                 f"the context needs {context}"
             )
         if not _window_regular(fields.times, i, context, step):
             raise MinconvError(
-                f"{fields.path_label}: the {context} frames up to init time {fields.times[i]} "
+                f"{fields.path_label}: the {context} frames up to init time {_fmt_time(fields.times[i])} "
                 f"are not evenly spaced by {_fmt_step(step)}"
             )
     return np.asarray(sorted(set(indices)), dtype=np.int64)
@@ -283,10 +301,9 @@ def _time_index(fields: Fields, value: Any) -> int:
             np.isclose(times.astype(np.float64), value, rtol=0, atol=1e-6 * scale)
         )
     if not len(hits):
-        shown = str(pd.Timestamp(value)) if fields.time_is_datetime else f"{value:g}"
         raise MinconvError(
-            f"{fields.path_label}: init time {shown} is not in the data "
-            f"(it covers {times[0]} to {times[-1]})"
+            f"{fields.path_label}: init time {_fmt_time(value)} is not in the data "
+            f"(it covers {_fmt_time(times[0])} to {_fmt_time(times[-1])})"
         )
     return int(hits[0])
 
@@ -574,6 +591,7 @@ def rollout(
     dev = resolve_device(device)
     loaded = load_checkpoint(ckpt_path, map_location=dev)
     meta = loaded.meta
+    check_meta(meta, ckpt_path)
     context = int(meta.get("context") or 1) if context is None else context
     if context < 1:
         raise MinconvError(f"--context: must be at least 1, got {context}")
