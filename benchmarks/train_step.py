@@ -5,7 +5,7 @@ Navier-Stokes shape (4 layers, ~175k parameters, T = 25: 20 teacher-forced + 5 c
 16x16 (batch 8) and 64x64 (batch 4), plus a pure teacher-forced T = 50 case; the models are
 interleaved round-robin so that all ratios come from one run under the same load. Peak memory is
 the peak resident set size (`resource.getrusage` ru_maxrss) of a fresh child process that runs
-two steps of one model, minus its RSS before the first step. The share of time outside the
+one step of one model, minus its RSS before the first step. The share of time outside the
 convolutions comes from `torch.profiler` (self CPU time of conv ops vs all ops).
 """
 
@@ -91,7 +91,6 @@ def _memory_child(args, threads, queue) -> None:
     case = make_case(*args)
     before = _rss_bytes()
     train_step(*case)
-    train_step(*case)
     queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, before))
 
 
@@ -112,7 +111,6 @@ def conv_share(case) -> dict[str, float]:
     """Fraction of a training step's self CPU time spent in convolution ops (forward and backward)."""
     from torch.profiler import ProfilerActivity, profile
 
-    train_step(*case)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_step(*case)
     events = prof.key_averages()
@@ -143,6 +141,7 @@ def scan_backends(repeats: int, B=4, T=25, C=48, grid=64) -> dict[str, float]:
         return lambda: linear_recurrence(a, b, backend=kind).sum().backward()
 
     fns = {k: run(k) for k in ("linear", "log", "fused gates+scan")}
+    # the scans alone run on (B, T, ...) with dim=1; the fused path is time-major
     for fn in fns.values():
         fn()
     times = {k: [] for k in fns}
@@ -182,12 +181,12 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "repeats": repeats,
-        "memory_method": "peak RSS (ru_maxrss) of a fresh child process running two steps; increase over RSS before the first step",
+        "memory_method": "peak RSS (ru_maxrss) of a fresh child process running one step; increase over RSS before it",
         "cases": {},
     }
     for label, grid, batch, T, context in cases:
         built = {name: make_case(name, grid, batch, T, context) for name in MODEL_NAMES}
-        times = time_models(built, repeats)
+        times = time_models(built, repeats if grid == 16 else max(2, repeats // 2))
         conv_ref = min(statistics.median(times[n]) for n in ("convgru", "convlstm"))
         entry = {}
         for name in MODEL_NAMES:

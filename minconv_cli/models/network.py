@@ -17,6 +17,7 @@ from minconv_cli.models.cells import MIN_KINDS, ConvGRUCell, ConvLSTMCell, MinCo
 
 NORMS = ("layer", "group", "none")
 PREDICTS = ("next", "increment")
+CHUNK_ELEMENTS = 2**20
 
 
 class GridNorm(nn.Module):
@@ -199,5 +200,9 @@ class RecurrentForecaster(nn.Module):
         return (y, states) if return_state else y
 
     def _chunk_length(self, x: torch.Tensor) -> int:
-        """Frames per teacher-forced chunk: `time_chunk`, or all of them when it is 0."""
-        return self.time_chunk if self.time_chunk > 0 else x.shape[1]
+        """Frames per teacher-forced chunk: `time_chunk`, or (0) as many as keep a layer's
+        activations near CHUNK_ELEMENTS, so the working set stays in cache (one frame at 64x64)."""
+        if self.time_chunk > 0:
+            return self.time_chunk
+        per_frame = x.shape[0] * max(self.widths) * x.shape[-2] * x.shape[-1]
+        return max(1, CHUNK_ELEMENTS // per_frame)
