@@ -242,11 +242,12 @@ def test_store_has_the_weatherbench2_layout_and_opens_plainly(latlon, tmp_path, 
     assert attrs["checkpoint"] == str(ckpt.resolve())
     assert attrs["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert attrs["created"].endswith("+00:00")
-    assert "rollout" in attrs["command"]
+    assert attrs["command"].startswith(f"minconv rollout {ckpt} {data} --steps 3 --out {out}")
+    assert "--init-times 2000-01-10/2000-01-16/3D" in attrs["command"]
 
 
 def test_init_time_plus_lead_is_the_valid_time_of_the_truth(latlon, tmp_path):
-    """Persisting the truth through the store's coordinates lines up with the data's own times."""
+    """`time + prediction_timedelta` is the time of the truth frame each lead forecasts."""
     data, ckpt, _, fields, _ = latlon
     out = tmp_path / "fc.zarr"
     assert invoke(ckpt, data, "--steps", 4, "--out", out, "--quiet").exit_code == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -64,7 +63,13 @@ def rollout(
     if overwrite and resume:
         raise MinconvError("--overwrite and --resume: choose one")
     mode = "overwrite" if overwrite else "resume" if resume else "create"
-    command = shlex.join(["minconv", *sys.argv[1:]])
+    words = ["minconv", "rollout", checkpoint, *data, "--steps", steps, "--out", out]
+    for flag, value in (("--init-times", init_times), ("--context", context)):
+        if value is not None:
+            words += [flag, value]
+    words += ["--batch-size", batch_size, "--zarr-format", zarr_format]
+    words += [f"--{mode}"] if mode != "create" else []
+    command = shlex.join(map(str, words))  # the effective request, however it was invoked
     bar = Progress(
         TextColumn("rollout"),
         BarColumn(),
