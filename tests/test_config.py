@@ -5,13 +5,20 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from minconv_cli.config import Config, config_from_dict, parse_overrides, resolve_config
+from minconv_cli.config import (
+    SAMPLE_DEFAULTS,
+    Config,
+    DataConfig,
+    config_from_dict,
+    parse_overrides,
+    resolve_config,
+)
 from minconv_cli.errors import MinconvError
 
 
 def test_defaults_cover_every_section_and_round_trip_through_yaml(tmp_path):
-    cfg = resolve_config()
-    assert cfg == Config()
+    cfg = resolve_config(options={"data.paths": ["data.nc"]})
+    assert cfg == Config(data=DataConfig(paths=["data.nc"]))
     text = cfg.to_yaml()
     assert set(yaml.safe_load(text)) == {"data", "model", "train", "optim"}
     path = tmp_path / "c.yaml"
@@ -94,7 +101,7 @@ def test_bad_files_are_named(tmp_path):
         resolve_config(tmp_path / "missing.yaml")
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert resolve_config(empty) == Config()
+    assert resolve_config(empty) == resolve_config()
 
 
 def test_a_single_name_is_accepted_where_a_list_is_expected():
@@ -107,3 +114,12 @@ def test_a_stored_config_is_a_base_that_later_layers_override():
     assert config_from_dict(stored).model.width == 7
     cfg = resolve_config(options={"train.epochs": 5}, base=stored)
     assert cfg.model.width == 7 and cfg.train.epochs == 5
+
+
+def test_without_data_the_sample_defaults_apply_below_everything_the_user_says(tmp_path):
+    sample = resolve_config()
+    assert sample.data.paths == []
+    assert sample.train.max_time == SAMPLE_DEFAULTS["train"]["max_time"]
+    assert sample.data.stride == SAMPLE_DEFAULTS["data"]["stride"]
+    assert resolve_config(overrides=["train.max_time=null"]).train.max_time is None
+    assert resolve_config(options={"data.paths": ["d.nc"]}).train.max_time is None
