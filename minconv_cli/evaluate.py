@@ -34,6 +34,7 @@ METRICS = ("rmse", "mae", "bias", "acc", "rel_l2")
 REFERENCES = ("persistence", "climatology")
 OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc")
 PLOT_FILE = "scores.png"
+LOAD_BELOW_BYTES = 128 * 2**20  # forecasts smaller than this are scored in memory
 BLOCK_BYTES = 32 * 2**20  # dask chunk size the forecast is read in (several init times per chunk)
 Progress = Callable[[int, int], None]
 
@@ -210,8 +211,22 @@ def _block(da: xr.DataArray) -> int:
     return max(1, int(BLOCK_BYTES // max(per_init, 1)))
 
 
-def align(store: ForecastStore, truth: Fields, with_persistence: bool) -> Aligned:
-    """Truth at the forecast's valid times, on the forecast's grid; only the overlap is kept."""
+def like(da: xr.DataArray, template: xr.DataArray) -> xr.DataArray:
+    """`da` in memory if `template` is, else chunked like it along their shared dims."""
+    if template.chunks is None:
+        return da.load()
+    chunks = dict(zip(template.dims, template.chunks, strict=True))
+    return da.chunk({d: c for d, c in chunks.items() if d in da.dims})
+
+
+def align(
+    store: ForecastStore, truth: Fields, with_persistence: bool, load_below: int = LOAD_BELOW_BYTES
+) -> Aligned:
+    """Truth at the forecast's valid times, on the forecast's grid; only the overlap is kept.
+
+    A forecast under `load_below` bytes is read into memory; a larger one stays lazy (dask), in
+    blocks of init times, so that the scores are reduced block by block within bounded memory.
+    """
     ds = store.ds
     label = f"{store.path} vs {truth.path_label}"
     if store.lead_is_time != truth.time_is_datetime:
@@ -258,20 +273,27 @@ def align(store: ForecastStore, truth: Fields, with_persistence: bool) -> Aligne
     tds = to_forecast_grid(truth.ds, _roles_of(truth), store, label).rename(
         {truth.time_dim: TRUTH_TIME}
     )
+    lazy = sum(sub[v].nbytes for v in store.variables) >= load_below
     forecast, truth_at, persistence = {}, {}, {}
     for v in store.variables:
         fc = sub[v]
         if done is not None:
             fc = fc.where(done)
-        block = _block(fc)
-        fc = fc.chunk({INIT_DIM: block, LEAD_DIM: -1})
-        src = tds[v].chunk({TRUTH_TIME: block})
+        src = tds[v]
+        if lazy:  # blocks of init times; the truth is gathered lazily, block by block
+            block = _block(fc)
+            fc = fc.chunk({INIT_DIM: block, LEAD_DIM: -1})
+            src = src.chunk({TRUTH_TIME: block})
+        else:
+            fc = fc.load()
         at = src.isel({TRUTH_TIME: pos}).drop_vars(TRUTH_TIME, errors="ignore").where(mask)
         forecast[v] = fc
-        truth_at[v] = at.transpose(*fc.dims).chunk(dict(zip(fc.dims, fc.chunks, strict=True)))
+        truth_at[v] = like(at.transpose(*fc.dims), fc)
         if with_persistence:
             ip = xr.DataArray(init_pos[rows], dims=(INIT_DIM,), coords={INIT_DIM: sub[INIT_DIM]})
-            persistence[v] = src.isel({TRUTH_TIME: ip}).drop_vars(TRUTH_TIME, errors="ignore")
+            persistence[v] = like(
+                src.isel({TRUTH_TIME: ip}).drop_vars(TRUTH_TIME, errors="ignore"), fc
+            )
     scored_valid = valid[np.ix_(rows, cols)][ok]
     overlap = {
         "forecast": store.name,
@@ -363,7 +385,9 @@ def climatology_from_file(path: Path, variables: Sequence[str], datetime_time: b
     return Climatology(out, roles, str(path), explicit=True)
 
 
-def climatology_at(clim: xr.DataArray, valid: xr.DataArray, label: str) -> xr.DataArray:
+def climatology_at(
+    clim: xr.DataArray, valid: xr.DataArray, label: str, template: xr.DataArray
+) -> xr.DataArray:
     """The climatology at each valid time (time, prediction_timedelta); ClimatologyGap if any is missing."""
     if "dayofyear" not in clim.dims:
         return clim
@@ -384,7 +408,9 @@ def climatology_at(clim: xr.DataArray, valid: xr.DataArray, label: str) -> xr.Da
             f"{label}: no climatology for {len(gaps)} of the scored (day-of-year, hour) pairs, "
             f"e.g. {what}; give a longer --climatology-period or a --climatology file"
         )
-    return clim.chunk().sel(keys).drop_vars(names, errors="ignore")
+    if template.chunks is not None:
+        clim = clim.chunk()
+    return like(clim.sel(keys).drop_vars(names, errors="ignore"), template)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -491,6 +517,7 @@ def evaluate(
     climatology: str | Path | None = None,
     climatology_period: str | None = None,
     progress: Progress | None = None,
+    load_below: int = LOAD_BELOW_BYTES,
 ) -> Scores:
     """Score FORECAST (and the `--compare` forecasts) against TRUTH with the reference forecasts."""
     wanted = _parse_list(metrics_, METRICS, "--metrics")
@@ -538,7 +565,7 @@ def evaluate(
             grid = to_forecast_grid(xr.Dataset(clim.fields), clim.roles, a.store, f"{clim.source}")
             try:
                 clim_at = {
-                    v: climatology_at(grid[v], a.valid_times, clim.source)
+                    v: climatology_at(grid[v], a.valid_times, clim.source, a.forecast[v])
                     for v in a.store.variables
                 }
             except ClimatologyGap as gap:
@@ -561,9 +588,7 @@ def evaluate(
                 ref_fc = clim_main[v]
             else:
                 continue
-            ref_fc = ref_fc.broadcast_like(main_aligned.truth[v]).chunk(
-                dict(zip(main_aligned.truth[v].dims, main_aligned.truth[v].chunks, strict=True))
-            )
+            ref_fc = like(ref_fc.broadcast_like(main_aligned.truth[v]), main_aligned.truth[v])
             c = clim_main[v] if clim_main is not None else None
             lazy[(ref, v)] = _lazy_scores(ref_fc, main_aligned.truth[v], c, main, wanted)
             if ref not in used_refs:
