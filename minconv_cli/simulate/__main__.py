@@ -1,3 +1,4 @@
 from minconv_cli.simulate.cli import app
 
-app()
+if __name__ == "__main__":
+    app()
