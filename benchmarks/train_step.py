@@ -4,7 +4,7 @@ Median wall time of one training step (forward, MSE backward, Adam step) on the 
 Navier-Stokes shape (4 layers, ~175k parameters, T = 25: 20 teacher-forced + 5 closed loop) at
 16x16 (batch 8) and 64x64 (batch 4), plus a pure teacher-forced T = 50 case; the models are
 interleaved round-robin so that all ratios come from one run under the same load. Peak memory is
-the peak resident set size (`resource.getrusage` ru_maxrss) of a fresh child process that runs
+the peak resident set size (VmHWM in /proc/self/status) of a fresh child process that runs
 one step of one model, minus its RSS before the first step. The share of time outside the
 convolutions comes from `torch.profiler` (self CPU time of conv ops vs all ops).
 """
@@ -85,13 +85,20 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _peak_rss_bytes() -> int:
+    """VmHWM: this process's peak RSS (ru_maxrss would carry the parent's peak across exec)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
 def _memory_child(args, threads, queue) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     case = make_case(*args)
     before = _rss_bytes()
     train_step(*case)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, before))
+    queue.put((_peak_rss_bytes(), before))
 
 
 def peak_memory(args, threads: int) -> dict[str, float]:
@@ -181,7 +188,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "repeats": repeats,
-        "memory_method": "peak RSS (ru_maxrss) of a fresh child process running one step; increase over RSS before it",
+        "memory_method": "peak RSS (VmHWM) of a fresh child process running one step; increase over RSS before it",
         "cases": {},
     }
     for label, grid, batch, T, context in cases:

@@ -30,7 +30,7 @@ def update_logit(kind: str, gates: list[torch.Tensor]) -> torch.Tensor:
         return gates[0]
     f, i = gates
     if kind == "lstm":
-        return F.softplus(-f) - F.softplus(-i)
+        return F.logsigmoid(i) - F.logsigmoid(f)  # = softplus(-f) - softplus(-i)
     if kind == "explstm":
         return i - f
     raise ValueError(f"Min cell kind: expected gru, lstm or explstm, got {kind!r}")
