@@ -21,7 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from minconv_cli import __version__
-from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields
+from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields, split_fields
 from minconv_cli.errors import MinconvError
 
 DONE = "minconv_done"
@@ -568,6 +568,7 @@ def rollout(
     out: str | Path,
     *,
     init_times: str | None = None,
+    subset: str | None = None,
     context: int | None = None,
     batch_size: int = 16,
     zarr_format: int = 2,
@@ -578,6 +579,8 @@ def rollout(
 ) -> RolloutResult:
     """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
 
+    `subset` selects part of DATA first, as `minconv train` splits do (`split=test`,
+    `trajectory=150:200`, a time range `START/END`).
     mode: `create` (refuse an existing `out`), `overwrite` (replace it once the new store is
     complete) or `resume` (fill in what an interrupted run with the same settings left out).
     Everything is checked before anything is written.
@@ -596,6 +599,8 @@ def rollout(
     if context < 1:
         raise MinconvError(f"--context: must be at least 1, got {context}")
     fields = open_matching_fields(data, meta)
+    if subset:
+        fields = split_fields(fields, subset)
     order = check_against_checkpoint(fields, meta)
     step = time_step_of(meta)
     job = Job(fields, order, select_init_times(init_times, fields, context, step), context, steps)
@@ -608,6 +613,7 @@ def rollout(
         "init_times": init_labels,
         "sample_dims": list(fields.sample_dims),
         "samples": fields.n_samples,
+        "subset": subset,
         "variables": fields.variables,
         "data": [str(p.resolve()) for p in data],
     }

@@ -159,6 +159,19 @@ def test_every_trajectory_is_a_sequence_with_its_own_forecast(trajectories, tmp_
     assert fc["split"].values.tolist() == ["train", "val", "test"]
 
 
+def test_subset_forecasts_only_the_chosen_trajectories(trajectories, tmp_path):
+    data, ckpt, net, fields, normalizer = trajectories
+    out = tmp_path / "test.zarr"
+    result = invoke(ckpt, data, "--steps", 2, "--out", out, "--subset", "split=test", "--json")
+    assert result.exit_code == 0, result.output
+    fc = xr.open_zarr(out)
+    assert fc["trajectory"].values.tolist() == [2] and fc["split"].values.tolist() == ["test"]
+    window = fields.frames(2, 0, CONTEXT + 1)[None]
+    np.testing.assert_array_equal(
+        fc["vorticity"].values[0, :, 0], reference(net, normalizer, window, 2)[0, :, 0]
+    )
+
+
 def test_levels_statics_and_missing_cells(tmp_path):
     """Levels stay a level dim, statics are fed to every step, NaN cells of the init frame stay NaN."""
     data = tmp_path / "levels.nc"

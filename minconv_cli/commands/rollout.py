@@ -36,6 +36,12 @@ def rollout(
         "2009-01-01/2010-12-31/7D), or numbers for numeric time. Default: all (datetime data), "
         "the first possible time (data with a trajectory/sample dim).",
     ),
+    subset: str | None = typer.Option(
+        None,
+        "--subset",
+        help="Use only part of DATA, as in training splits: split=test, trajectory=150:200, "
+        "or START/END times.",
+    ),
     context: int | None = typer.Option(
         None,
         "--context",
@@ -64,7 +70,7 @@ def rollout(
         raise MinconvError("--overwrite and --resume: choose one")
     mode = "overwrite" if overwrite else "resume" if resume else "create"
     words = ["minconv", "rollout", checkpoint, *data, "--steps", steps, "--out", out]
-    for flag, value in (("--init-times", init_times), ("--context", context)):
+    for flag, value in (("--init-times", init_times), ("--subset", subset), ("--context", context)):
         if value is not None:
             words += [flag, value]
     words += ["--batch-size", batch_size, "--zarr-format", zarr_format]
@@ -93,6 +99,7 @@ def rollout(
             steps,
             out,
             init_times=init_times,
+            subset=subset,
             context=context,
             batch_size=batch_size,
             zarr_format=zarr_format,
