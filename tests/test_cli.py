@@ -33,3 +33,10 @@ def test_console_script_runs_as_module():
     )
     assert proc.returncode == 0
     assert proc.stdout.startswith("minconv ")
+
+
+def test_every_subcommand_has_working_help():
+    for command in ("train", "rollout", "evaluate", "convert"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, f"{command} --help failed: {result.output}"
+        assert "Usage" in result.output

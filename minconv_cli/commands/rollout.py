@@ -32,7 +32,7 @@ def rollout(
     init_times: str | None = typer.Option(
         None,
         "--init-times",
-        help="Init times: 'all', a list 'T1,T2', ranges 'START/STOP[/STRIDE]' (e.g. "
+        help="Init times: 'all', a list 'T1,T2', ranges 'START/STOP' or 'START/STOP/STRIDE' (e.g. "
         "2009-01-01/2010-12-31/7D), or numbers for numeric time. Default: all (datetime data), "
         "the first possible time (data with a trajectory/sample dim).",
     ),
