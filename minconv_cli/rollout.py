@@ -398,7 +398,8 @@ def store_template(
         {"long_name": "forecast written (minconv rollout bookkeeping)"},
     )
     data_vars = {}
-    encoding: dict[str, Any] = {DONE: {"chunks": (1,) * (1 + len(sample_shape))}}
+    # one flag chunk per init time: a batch sets its flags in one small (atomic) chunk write
+    encoding: dict[str, Any] = {DONE: {"chunks": (1, *sample_shape)}}
     for var in fields.variables:
         dims = (INIT_DIM, LEAD_DIM, *fields.sample_dims)
         if level and level in ds[var].dims:
