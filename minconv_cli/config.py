@@ -54,7 +54,7 @@ class ModelConfig:
     kernel_size: int = 3
     padding: str = _choice("auto", ("auto", *PADDINGS))  # auto: from the data's coordinates
     norm: str = _choice("layer", NORMS)
-    predict: str = _choice("next", PREDICTS)
+    predict: str = _choice("increment", PREDICTS)  # increment: start from persistence
     scan_backend: str = _choice("auto", CELL_BACKENDS)
     peepholes: bool = False
     cylinder_pad: str = _choice("zeros", CYLINDER_PADS)

@@ -303,13 +303,14 @@ class _Run:
         finally:
             self.model.train()
 
-    def _sync(self, loss: float, stop: bool) -> tuple[float, bool]:
-        """Mean loss over ranks and whether any rank wants to stop (one all-reduce per step)."""
+    def _sync(self, loss: float, signalled: bool, over_time: bool) -> tuple[float, bool, bool]:
+        """Mean loss over ranks, and whether any rank got a signal or ran out of time (one
+        all-reduce per step, so that every rank stops at the same step)."""
         if not self.info.enabled:
-            return loss, stop
-        t = torch.tensor([loss, float(stop)], dtype=torch.float64)
+            return loss, signalled, over_time
+        t = torch.tensor([loss, float(signalled), float(over_time)], dtype=torch.float64)
         distributed.all_reduce_sum(t, self.info)
-        return float(t[0]) / self.info.world, bool(t[1] > 0)
+        return float(t[0]) / self.info.world, bool(t[1] > 0), bool(t[2] > 0)
 
     def run(self, flag: dict) -> str:
         """Train until the epochs are done, patience runs out, time is up, or a signal arrives."""
@@ -317,13 +318,12 @@ class _Run:
         if self.reporter:
             self.reporter.begin(t.epochs, p.epoch)
         started = time.monotonic() - p.elapsed
-        out_of_time = False
+        signalled = over_time = False
         while p.epoch < t.epochs:
             epoch_start = time.monotonic() - p.epoch_seconds
             horizon = horizon_at(self.config, p.epoch)
             if self.reporter:
                 self.reporter.epoch(p.epoch, self.steps_per_epoch, p.step)
-            stopped = False
             for batch in self.epoch_batches(p.epoch, p.step):
                 noise = _generator(t.seed, p.global_step, self.info.rank) if t.noise > 0 else None
                 self.optimizer.zero_grad(set_to_none=True)
@@ -337,7 +337,9 @@ class _Run:
                     if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
                         self.scheduler.step()
                 over_time = t.max_time is not None and time.monotonic() - started >= t.max_time
-                value, stop = self._sync(value, flag["signal"] is not None or over_time)
+                value, signalled, over_time = self._sync(
+                    value, flag["signal"] is not None, over_time
+                )
                 if not math.isfinite(value):
                     raise MinconvError(
                         f"training diverged: loss is {value} at epoch {p.epoch + 1}, step {p.step + 1}; "
@@ -348,21 +350,17 @@ class _Run:
                 p.loss_sum += value
                 if self.reporter:
                     self.reporter.step(value, batch["x"].shape[0] * self.info.world)
-                if stop:
-                    stopped = True
+                if signalled or over_time:
                     break
             p.epoch_seconds = time.monotonic() - epoch_start
             p.elapsed = time.monotonic() - started
-            if stopped and flag["signal"] is not None:
+            if signalled:
                 if self.info.is_main:
                     self.save_last()
                 return "interrupted"
-            out_of_time = stopped or (
-                t.max_time is not None and time.monotonic() - started >= t.max_time
-            )
             if self._finish_epoch(horizon):
                 return "early_stopping"
-            if out_of_time:
+            if over_time and p.epoch < t.epochs:
                 return "time_budget"
         return "completed"
 
