@@ -35,7 +35,7 @@ REFERENCES = ("persistence", "climatology")
 OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc")
 PLOT_FILE = "scores.png"
 LOAD_BELOW_BYTES = 128 * 2**20  # forecasts smaller than this are scored in memory
-BLOCK_BYTES = 32 * 2**20  # dask chunk size the forecast is read in (several init times per chunk)
+BLOCK_BYTES = 8 * 2**20  # dask chunk size the forecast is read in (several init times per chunk)
 Progress = Callable[[int, int], None]
 
 UNDEFINED = {

@@ -15,7 +15,7 @@ import xarray as xr
 
 Dims = Sequence[Hashable]
 
-# An anomaly whose RMS is below this fraction of the field's RMS is zero up to float32 round-off.
+# An anomaly whose RMS is below this fraction of the climatology's RMS is zero up to float32 round-off.
 ZERO_ANOMALY_RTOL = 1e-6
 
 
@@ -91,18 +91,17 @@ def acc_per_case(
 ) -> xr.DataArray:
     """Anomaly correlation of each case over space: sum w f'o' / sqrt(sum w f'^2 sum w o'^2).
 
-    f' = forecast - climatology, o' = truth - climatology. NaN where either anomaly is zero (up to
-    float32 round-off): the correlation is undefined there.
+    f' = forecast - climatology, o' = truth - climatology. NaN where either anomaly is zero (its
+    RMS below 1e-6 of the climatology's RMS: float32 round-off): the correlation is undefined there.
     """
     f, o = _joint(forecast, truth)
     fa, oa = f - climatology, o - climatology
     ff = weighted_mean(fa**2, space, weights)
     oo = weighted_mean(oa**2, space, weights)
     fo = weighted_mean(fa * oa, space, weights)
-    tol = ZERO_ANOMALY_RTOL**2
-    defined = (ff > tol * weighted_mean(f**2, space, weights)) & (
-        oo > tol * weighted_mean(o**2, space, weights)
-    )
+    # "zero" relative to the field's size, taken from the climatology (cheap: no case dims)
+    scale = ZERO_ANOMALY_RTOL**2 * weighted_mean(climatology**2, space, weights)
+    defined = (ff > scale) & (oo > scale)
     return (fo / np.sqrt(ff * oo)).where(defined)
 
 
