@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from minconv_cli.checkpoint import save_checkpoint
 from minconv_cli.cli import app
 from minconv_cli.data import Normalizer, open_fields
+from minconv_cli.errors import MinconvError
 from minconv_cli.models import create_model
 from minconv_cli.rollout import select_init_times
 
@@ -305,6 +306,26 @@ def test_init_time_specs(latlon):
     assert pick("2000-01-20/2000-01-24") == times[19:]
     assert pick("all") == times[CONTEXT - 1 :]
     assert pick(None, 1) == times
+
+
+def test_init_times_never_take_context_across_a_gap_in_time(tmp_path):
+    data = tmp_path / "gap.nc"
+    ds = latlon_dataset(n_time=14)
+    ds.isel(time=[i for i in range(14) if i != 6]).to_netcdf(data)  # 2000-01-07 is missing
+    fields = open_fields(data)
+    step = np.timedelta64(1, "D").astype("timedelta64[ns]")
+    chosen = [str(t)[:10] for t in fields.times[select_init_times("all", fields, CONTEXT, step)]]
+    assert chosen == [
+        "2000-01-04",
+        "2000-01-05",
+        "2000-01-06",
+        "2000-01-11",
+        "2000-01-12",
+        "2000-01-13",
+        "2000-01-14",
+    ]
+    with pytest.raises(MinconvError, match="not evenly spaced"):
+        select_init_times("2000-01-09", fields, CONTEXT, step)
 
 
 def test_numeric_init_times_on_trajectory_data(trajectories):
