@@ -442,13 +442,17 @@ def create_store(template: xr.Dataset, encoding: dict, path: Path, zarr_format: 
 def read_done(path: Path, settings: dict) -> np.ndarray:
     """Done flags of an existing store, after checking it was made with the same settings."""
     try:
-        existing = xr.open_zarr(path, consolidated=None, decode_timedelta=True)
-    except Exception as err:
-        raise MinconvError(f"{path}: cannot resume, not a readable Zarr store ({err})") from None
-    raw = existing.attrs.get(SETTINGS_ATTR)
-    if raw is None or DONE not in existing.coords:
-        raise MinconvError(f"{path}: cannot resume, it is not a minconv rollout store")
-    old = json.loads(raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a foreign store without consolidated metadata
+            existing = xr.open_zarr(path, consolidated=None, decode_timedelta=True)
+        old = json.loads(existing.attrs[SETTINGS_ATTR])
+        if DONE not in existing.coords or not isinstance(old, dict):
+            raise ValueError("no minconv_done flags")
+    except Exception as err:  # unreadable, or not made by minconv rollout
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise MinconvError(
+            f"{path}: cannot resume, not a minconv rollout store ({reason})"
+        ) from None
     changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
     if changed:
         raise MinconvError(

@@ -420,6 +420,12 @@ def test_resume_refuses_a_store_made_with_other_settings(latlon, tmp_path):
     )
     assert "steps" in line
     assert tree_digest(out) == before
+    foreign = tmp_path / "foreign.zarr"
+    xr.Dataset({"z": ("time", np.zeros(3))}).to_zarr(foreign, zarr_format=2)
+    before = tree_digest(foreign)
+    line = one_error_line(invoke(ckpt, data, "--steps", 3, "--out", foreign, "--resume"))
+    assert "not a minconv rollout store" in line
+    assert tree_digest(foreign) == before
 
 
 def test_an_existing_path_is_refused_untouched_and_overwrite_replaces_it(latlon, tmp_path):
