@@ -40,3 +40,13 @@ def test_every_subcommand_has_working_help():
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, f"{command} --help failed: {result.output}"
         assert "Usage" in result.output
+
+
+def test_errors_are_one_line_and_keep_bracketed_text(tmp_path):
+    missing = tmp_path / "absent [split=test].nc"
+    result = runner.invoke(app, ["convert", str(missing), str(tmp_path / "out.zarr")])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "[split=test]" in lines[0]
+    assert "Traceback" not in result.output
