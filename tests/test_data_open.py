@@ -196,3 +196,31 @@ def test_member_dim_is_a_sample_dim(tmp_path):
     f = open_fields(tmp_path / "ens.nc")
     assert f.sample_dims == ("member",) and f.n_samples == 2
     np.testing.assert_array_equal(f.frames(1, 0, 3)[:, 0], ds["z"].values[1])
+
+
+def test_files_with_different_variables_on_one_grid_and_time_become_channels(tmp_path):
+    ds = latlon_dataset(variables=("z", "t", "msl"))
+    paths = []
+    for name in ("z", "t", "msl"):
+        path = tmp_path / f"{name}.nc"
+        ds[[name]].to_netcdf(path)
+        paths.append(path)
+    fields = open_fields(paths)
+    assert sorted(c.name for c in fields.channels) == ["msl", "t", "z"]
+    assert fields.n_times == ds.sizes["time"]
+    frames = fields.frames(0, 0, 3)
+    for k, channel in enumerate(fields.channels):
+        np.testing.assert_array_equal(frames[:, k], ds[channel.variable].values[:3])
+
+
+def test_variable_files_per_period_are_merged_then_joined_along_time(tmp_path):
+    ds = latlon_dataset(variables=("z", "t"), n_time=20)
+    paths = []
+    for part, times in (("a", slice(0, 10)), ("b", slice(10, 20))):
+        for name in ("z", "t"):
+            path = tmp_path / f"{name}_{part}.nc"
+            ds[[name]].isel(time=times).to_netcdf(path)
+            paths.append(path)
+    fields = open_fields(paths)
+    assert fields.n_times == 20
+    assert sorted(c.name for c in fields.channels) == ["t", "z"]

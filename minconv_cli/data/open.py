@@ -89,7 +89,7 @@ def open_fields(
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("open_fields: no paths given")
-    opened = [(p, open_dataset(p)) for p in paths]
+    opened = _merge_variable_files([(p, open_dataset(p)) for p in paths])
     first_path, first = opened[0]
     static = list(static or [])
     selected = _select_variables(first, first_path, variables, static, dims)
@@ -168,6 +168,34 @@ def open_fields(
         time_step=_time_step(ds[time_dim].values),
         is_latlon=latlon,
         default_padding=default_padding(ds, y_dim, x_dim, latlon),
+    )
+
+
+def _merge_variable_files(opened: list[tuple[Path, xr.Dataset]]) -> list[tuple[Path, xr.Dataset]]:
+    """Files holding different variables on the same coordinates become one dataset.
+
+    So `z500.nc t850.nc msl.nc` are channels of one problem, a static file (land-sea mask on the
+    same grid) joins every period, and `z_2000.nc t_2000.nc z_2001.nc t_2001.nc` still joins along time.
+    """
+    groups: list[tuple[Path, xr.Dataset]] = []
+    for path, ds in opened:
+        for i, (first, group) in enumerate(groups):
+            if not set(group.data_vars) & set(ds.data_vars) and _same_coords(group, ds):
+                merged = xr.merge(
+                    [group, ds], compat="override", join="exact", combine_attrs="drop_conflicts"
+                )
+                groups[i] = (first, merged)
+                break
+        else:
+            groups.append((path, ds))
+    return groups
+
+
+def _same_coords(a: xr.Dataset, b: xr.Dataset) -> bool:
+    """True when a and b share at least one coordinate and agree on every one they share."""
+    shared = set(a.coords) & set(b.coords)
+    return bool(shared) and all(
+        a[c].shape == b[c].shape and bool((a[c].values == b[c].values).all()) for c in shared
     )
 
 
