@@ -250,26 +250,43 @@ def _window_regular(times: np.ndarray, i: int, context: int, step: Any) -> bool:
 
 
 def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
-    """One list item: a single time, or `start/stop[/stride]` expanded to its times."""
+    """One list item: a single time, or the data's times in `start/stop[/stride]` (inclusive).
+
+    A range picks the data's own times (a date alone covers its whole day), every `stride` from
+    the first one in the range, so `2009-01-01/2009-12-31/7D` works on data stamped 12 UTC.
+    """
     pieces = part.split("/")
     if len(pieces) == 1:
         return [_parse_time(pieces[0], fields)]
     if len(pieces) not in (2, 3):
         raise MinconvError(f"--init-times: {part!r} is not start/stop or start/stop/stride")
-    start, stop = _parse_time(pieces[0], fields), _parse_time(pieces[1], fields)
+    start = _parse_time(pieces[0], fields)
+    stop = _parse_time(pieces[1], fields, whole_day=True)
     stride = _parse_stride(pieces[2], fields) if len(pieces) == 3 else step
     if stop < start:
         raise MinconvError(f"--init-times: range {part!r} ends before it starts")
+    times = fields.times.astype("datetime64[ns]" if fields.time_is_datetime else np.float64)
+    inside = times[(times >= start) & (times <= stop)]
+    if inside.size == 0:
+        raise MinconvError(
+            f"--init-times: no time of the data lies in {part!r} "
+            f"(it covers {_fmt_time(times[0])} to {_fmt_time(times[-1])})"
+        )
     if fields.time_is_datetime:
-        return list(np.arange(start, stop + np.timedelta64(1, "ns"), stride))
-    count = int(math.floor((stop - start) / stride + 1e-9)) + 1
-    return [start + k * stride for k in range(count)]
+        keep = (inside - inside[0]) % stride == np.timedelta64(0, "ns")
+    else:
+        ratio = (inside - inside[0]) / stride
+        keep = np.abs(ratio - np.round(ratio)) < 1e-6
+    return list(inside[keep])
 
 
-def _parse_time(text: str, fields: Fields) -> Any:
+def _parse_time(text: str, fields: Fields, whole_day: bool = False) -> Any:
     try:
         if fields.time_is_datetime:
-            return np.datetime64(pd.Timestamp(text.strip()).to_datetime64(), "ns")
+            value = np.datetime64(pd.Timestamp(text.strip()).to_datetime64(), "ns")
+            if whole_day and len(text.strip()) <= 10:  # a date alone: up to its last instant
+                value = value + np.timedelta64(1, "D") - np.timedelta64(1, "ns")
+            return value
         return float(text)
     except (ValueError, TypeError):
         kind = "a date/time" if fields.time_is_datetime else "a number"

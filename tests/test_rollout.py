@@ -308,6 +308,22 @@ def test_init_time_specs(latlon):
     assert pick(None, 1) == times
 
 
+def test_init_time_ranges_pick_the_datas_own_times(tmp_path):
+    data = tmp_path / "noon.nc"
+    ds = latlon_dataset(n_time=24)
+    ds["time"] = ds["time"] + np.timedelta64(12, "h")  # daily data stamped 12 UTC, as ERA-Interim
+    ds.to_netcdf(data)
+    fields = open_fields(data)
+    picked = select_init_times("2000-01-05/2000-01-15/5D", fields, CONTEXT, fields.time_step)
+    assert [str(t)[:16] for t in fields.times[picked]] == [
+        "2000-01-05T12:00",
+        "2000-01-10T12:00",
+        "2000-01-15T12:00",
+    ]
+    with pytest.raises(MinconvError, match="no time of the data"):
+        select_init_times("2001-01-01/2001-02-01", fields, CONTEXT, fields.time_step)
+
+
 def test_init_times_never_take_context_across_a_gap_in_time(tmp_path):
     data = tmp_path / "gap.nc"
     ds = latlon_dataset(n_time=14)
