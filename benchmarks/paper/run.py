@@ -64,12 +64,14 @@ def experiments(args: argparse.Namespace) -> dict[str, Experiment]:
     ns_data = [REPO / "sample_data" / "navier_stokes_16x16.nc"]
     if args.full:
         ns_data = [Path(args.out) / "data" / "navier_stokes_paper.nc"]
-    scale = {  # epochs, stride (windows per trajectory/day), batch
-        "quick": (2, 10, 8),
-        "cpu": (10, 5, 8),
-        "full": (30, 1, 1),
+    # (NS epochs, NS window stride, Iberia epochs, Iberia window stride, batch): the CPU scale is
+    # sized to finish in about 45 minutes on 2 cores with 5 models x 2 seeds.
+    scale = {
+        "quick": (1, 25, 2, 10, 8),
+        "cpu": (4, 10, 10, 4, 8),
+        "full": (30, 1, 20, 1, 1),
     }["full" if args.full else "quick" if args.quick else "cpu"]
-    epochs, stride, batch = scale
+    ns_epochs, ns_stride, ib_epochs, ib_stride, batch = scale
     common = ["--set", "optim.weight_decay=0.01", "--set", "train.noise=0.01"]
     return {
         "ns": Experiment(
@@ -80,10 +82,10 @@ def experiments(args: argparse.Namespace) -> dict[str, Experiment]:
             layers=4,
             context=20,
             horizon=5,
-            epochs=epochs,
+            epochs=ns_epochs,
             batch_size=batch,
             lr=5e-4 if args.full else 1e-3,
-            train_args=[*common, "--set", f"data.stride={stride}", "--set", "data.val_stride=5"],
+            train_args=[*common, "--set", f"data.stride={ns_stride}", "--set", "data.val_stride=5"],
             rollout_args=["--subset", "split=test", "--context", "20"],
             steps=30,
             references="persistence,climatology",
@@ -96,7 +98,7 @@ def experiments(args: argparse.Namespace) -> dict[str, Experiment]:
             layers=3,
             context=20,
             horizon=4,
-            epochs=2 * epochs,
+            epochs=ib_epochs,
             batch_size=batch,
             lr=1e-3,
             train_args=[
@@ -106,7 +108,7 @@ def experiments(args: argparse.Namespace) -> dict[str, Experiment]:
                 "--val-period",
                 "2008-01-01/2008-12-31",
                 "--set",
-                f"data.stride={max(1, stride // 2)}",
+                f"data.stride={ib_stride}",
                 "--set",
                 "data.val_stride=3",
             ],
@@ -149,7 +151,7 @@ def run_experiment(exp: Experiment, models: list[str], seeds: list[int], out: Pa
     for seed in seeds:
         forecasts = {}
         for model in models:
-            run_dir = base / f"{model}-seed{seed}"
+            run_dir = base / "runs" / f"{model}-seed{seed}"
             t0 = time.perf_counter()
             summary = minconv(
                 "train", *data, "--model", model, "--params", str(exp.params),
@@ -160,7 +162,8 @@ def run_experiment(exp: Experiment, models: list[str], seeds: list[int], out: Pa
                 "--out", str(run_dir), "--overwrite", "--json", "--quiet", log=log,
             )  # fmt: skip
             train_seconds = time.perf_counter() - t0
-            forecast = base / f"{model}-seed{seed}.zarr"
+            forecast = base / "forecasts" / f"seed{seed}" / f"{model}.zarr"  # stem names it
+            forecast.parent.mkdir(parents=True, exist_ok=True)
             rollout = minconv(
                 "rollout", str(run_dir / "model.pt"), *data, "--steps", str(exp.steps),
                 *exp.rollout_args, "--out", str(forecast), "--overwrite", "--json", "--quiet",
@@ -196,64 +199,55 @@ def _records(scores: list[dict] | dict) -> list[dict]:
     return scores["records"] if isinstance(scores, dict) and "records" in scores else scores
 
 
-def _first(summary: dict, *keys: str) -> float | None:
-    """The first of `keys` present in a (possibly nested) train summary."""
-    for key in keys:
-        for where in (summary, summary.get("best", {}), summary.get("final", {})):
-            if isinstance(where, dict) and where.get(key) is not None:
-                return float(where[key])
-    return None
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
+def mean_sd(values: list[float | None]) -> tuple[float, float]:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(exp: Experiment, result: dict, models: list[str]) -> list[dict]:
-    """One row per model: parameters, s/epoch, RMSE teacher-forced/closed-loop, rel. L2, skill."""
+def _per_seed(records: list[dict], forecast: str, variable: str, metric: str) -> list[float]:
+    return [
+        r["value"]
+        for r in records
+        if r["forecast"] == forecast
+        and r["variable"] == variable
+        and r["metric"] == metric
+        and r["value"] is not None
+    ]
+
+
+def summarise(result: dict, models: list[str]) -> list[dict]:
+    """One row per model (and reference) and variable; each number is mean and sd over seeds.
+
+    Closed-loop RMSE over all leads is the root of the mean MSE over leads (mean first, root
+    last); relative L2 and skill against persistence are means over leads.
+    """
+    seeds_records = {seed: _records(recs) for seed, recs in result["scores"].items()}
+    variables = sorted({r["variable"] for recs in seeds_records.values() for r in recs})
     rows = []
     for name in [*models, "persistence", "climatology"]:
-        cl_rmse, rel_l2, skill = [], [], []
-        for records in result["scores"].values():
-            recs = [r for r in _records(records) if r["forecast"] == name]
-            if not recs:
+        for var in variables:
+            cl, rel, skill = [], [], []
+            for recs in seeds_records.values():
+                rmse = _per_seed(recs, name, var, "rmse")
+                if rmse:
+                    cl.append(math.sqrt(statistics.fmean(v * v for v in rmse)))
+                rel_l2 = _per_seed(recs, name, var, "rel_l2")
+                rel.append(statistics.fmean(rel_l2) if rel_l2 else None)
+                sk = _per_seed(recs, name, var, "skill_vs_persistence")
+                skill.append(statistics.fmean(sk) if sk else None)
+            if not cl:
                 continue
-            variables = sorted({r["variable"] for r in recs})
-            for var in variables:
-                mine = [r for r in recs if r["variable"] == var]
-                rmse = [
-                    r["value"] for r in mine if r["metric"] == "rmse" and r["value"] is not None
-                ]
-                if rmse:  # closed-loop RMSE over all leads: mean MSE first, square root last
-                    cl_rmse.append(math.sqrt(statistics.fmean(v * v for v in rmse)))
-                rel = [
-                    r["value"] for r in mine if r["metric"] == "rel_l2" and r["value"] is not None
-                ]
-                if rel:
-                    rel_l2.append(statistics.fmean(rel))
-                sk = [
-                    r["value"]
-                    for r in mine
-                    if r["metric"] == "skill_vs_persistence" and r["value"] is not None
-                ]
-                if sk:
-                    skill.append(statistics.fmean(sk))
-        row = {
-            "model": name,
-            "cl_rmse": mean_sd(cl_rmse),
-            "rel_l2": mean_sd(rel_l2),
-            "skill": mean_sd(skill),
-        }
-        if name in result["runs"]:
-            runs = result["runs"][name].values()
-            row["params"] = next((_first(r["train"], "parameters", "params") for r in runs), None)
-            row["s_per_epoch"] = mean_sd([r["seconds_per_epoch"] for r in runs])
-            row["tf_rmse"] = mean_sd([_first(r["train"], "val_rmse_tf") for r in runs])
-            row["val_cl_rmse"] = mean_sd([_first(r["train"], "val_rmse_cl") for r in runs])
-        if not math.isnan(row["cl_rmse"][0]):
+            row = {"model": name, "variable": var, "cl_rmse": mean_sd(cl), "rel_l2": mean_sd(rel)}
+            row["skill"] = mean_sd(skill)
+            if name in result["runs"]:
+                runs = list(result["runs"][name].values())
+                channels = [r["train"].get("channels", {}).get(var, {}) for r in runs]
+                row["params"] = runs[0]["train"].get("parameters")
+                row["s_per_epoch"] = mean_sd([r["seconds_per_epoch"] for r in runs])
+                row["tf_rmse"] = mean_sd([c.get("rmse_tf") for c in channels])
+                row["val_cl_rmse"] = mean_sd([c.get("rmse_cl") for c in channels])
             rows.append(row)
     return rows
 
@@ -272,17 +266,20 @@ def markdown(exp: Experiment, rows: list[dict], seeds: list[int], out: Path) -> 
         "",
         f"{exp.layers} layers at ~{exp.params:,} parameters; windows {exp.context} teacher-forced + "
         f"{exp.horizon} closed loop; {exp.epochs} epochs, batch {exp.batch_size}, lr {exp.lr}; "
-        f"test: {exp.context} context frames + {exp.steps} closed-loop steps; seeds {seeds} "
-        "(mean ± standard deviation over seeds).",
+        f"test: {exp.context} context frames + {exp.steps} closed-loop steps; seeds "
+        f"{', '.join(map(str, seeds))} (mean ± standard deviation over seeds). RMSE in the "
+        "variable's units; validation numbers from `minconv train`, test numbers from "
+        "`minconv rollout` + `minconv evaluate`.",
         "",
-        "| model | parameters | s/epoch | RMSE teacher-forced (val) | RMSE closed loop (val) "
-        "| RMSE closed loop (test) | rel. L2 (test) | skill vs persistence (test) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | variable | parameters | s/epoch | RMSE teacher-forced (val) "
+        "| RMSE closed loop (val) | RMSE closed loop (test) | rel. L2 (test) "
+        "| skill vs persistence (test) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         params = f"{int(row['params']):,}" if row.get("params") else "–"
         lines.append(
-            f"| {row['model']} | {params} | {_fmt(row.get('s_per_epoch'), 3)} | "
+            f"| {row['model']} | {row['variable']} | {params} | {_fmt(row.get('s_per_epoch'), 3)} | "
             f"{_fmt(row.get('tf_rmse'))} | {_fmt(row.get('val_cl_rmse'))} | {_fmt(row['cl_rmse'])} | "
             f"{_fmt(row['rel_l2'])} | {_fmt(row['skill'], 3)} |"
         )
@@ -290,7 +287,7 @@ def markdown(exp: Experiment, rows: list[dict], seeds: list[int], out: Path) -> 
         png = out / exp.name / f"scores-seed{seed}" / "scores.png"
         if png.exists():
             rel = os.path.relpath(png, REPO / "docs")
-            lines += ["", f"![{exp.name} error against lead time, seed {seed}]({rel})"]
+            lines += ["", f"![{exp.name}: error against lead time, seed {seed}]({rel})"]
     return "\n".join(lines) + "\n"
 
 
@@ -364,7 +361,7 @@ def main() -> None:
             raise SystemExit(f"{missing[0]}: data for experiment {name!r} not found (see --shared)")
         print(f"{exp.title}: {len(models)} models x {len(seeds)} seeds", flush=True)
         result = run_experiment(exp, models, seeds, out)
-        rows = summarise(exp, result, models)
+        rows = summarise(result, models)
         raw[name] = {
             "experiment": exp.__dict__ | {"data": [str(p) for p in exp.data]},
             "rows": rows,
