@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minconv_cli.models import MODEL_NAMES, count_parameters, create_model, width_for_params
+from minconv_cli.models import (
+    MODEL_NAMES,
+    count_parameters,
+    create_model,
+    width_for_params,
+    widths_for_params,
+)
 from minconv_cli.models.gates import g, gated_recurrence, update_logit
 from minconv_cli.scan import linear_recurrence
 
@@ -219,6 +225,20 @@ def test_width_for_params_gives_the_closest_width(name, budget, layers, grid):
     # (convlstm at 175k/4 layers: width 24 is 3.8% under, 25 is 4.3% over)
     if (name, budget) not in {("convlstm", 175_000), ("convgru", 50_000)}:
         assert off <= 0.03 * budget
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize(
+    ("budget", "layers", "grid"),
+    [(175_000, 4, (16, 16)), (35_000, 3, (16, 32)), (50_000, 2, (32, 32))],
+)
+def test_widths_for_params_always_lands_within_three_percent(name, budget, layers, grid):
+    widths = widths_for_params(name, budget, 1, layers, grid)
+    assert len(widths) == layers and max(widths) - min(widths) <= 1
+    model = create_model(name, 1, widths=widths, layers=layers, grid=grid)
+    assert abs(count_parameters(model) - budget) <= 0.03 * budget
+    if len(set(widths)) == 1:  # uniform whenever that is close enough: the paper's widths
+        assert widths[0] == width_for_params(name, budget, 1, layers, grid)
 
 
 def test_width_for_params_at_the_paper_budgets_gives_the_paper_widths():

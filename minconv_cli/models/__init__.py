@@ -6,6 +6,7 @@ from minconv_cli.models.registry import (
     count_parameters,
     create_model,
     width_for_params,
+    widths_for_params,
 )
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "count_parameters",
     "create_model",
     "width_for_params",
+    "widths_for_params",
 ]

@@ -151,14 +151,54 @@ def width_for_params(
     """
     if params < 1:
         raise ValueError(f"params: expected a positive parameter budget, got {params}")
+    count = _meta_counter(name, in_channels, layers, grid, out_channels, kwargs)
+    return _closest_uniform(count, params)
 
-    def count(width: int) -> int:
+
+def widths_for_params(
+    name: str,
+    params: int,
+    in_channels: int,
+    layers: int,
+    grid: Sequence[int] | None,
+    out_channels: int | None = None,
+    tolerance: float = 0.03,
+    **kwargs: Any,
+) -> list[int]:
+    """Per-layer widths whose parameter count is within `tolerance` of `params` where possible.
+
+    The uniform width of `width_for_params` when it lands within tolerance (the paper's widths);
+    otherwise the closest mix of w and w+1 (the first or last k layers one wider), since one
+    uniform width step moves the count by ~2/w, more than 3% for narrow models.
+    """
+    if params < 1:
+        raise ValueError(f"params: expected a positive parameter budget, got {params}")
+    count = _meta_counter(name, in_channels, layers, grid, out_channels, kwargs)
+    uniform = _closest_uniform(count, params)
+    if abs(count(uniform) - params) <= tolerance * params or layers == 1:
+        return [uniform] * layers
+    w = uniform if count(uniform) < params else uniform - 1
+    candidates = [[w] * layers]
+    for k in range(1, layers):
+        candidates += [[w] * (layers - k) + [w + 1] * k, [w + 1] * k + [w] * (layers - k)]
+    return min(candidates, key=lambda ws: abs(count(ws) - params))
+
+
+def _meta_counter(name: str, in_channels: int, layers: int, grid, out_channels, kwargs):
+    """count(width or widths) -> parameters of that architecture, built on the meta device."""
+
+    def count(width: int | Sequence[int]) -> int:
+        size = {"widths": list(width)} if isinstance(width, (list, tuple)) else {"width": width}
         with torch.device("meta"):
             model = create_model(
-                name, in_channels, out_channels, width=width, layers=layers, grid=grid, **kwargs
+                name, in_channels, out_channels, layers=layers, grid=grid, **size, **kwargs
             )
         return count_parameters(model)
 
+    return count
+
+
+def _closest_uniform(count, params: int) -> int:
     lo, hi = 1, 2
     while count(hi) < params:
         lo, hi = hi, hi * 2

@@ -25,7 +25,7 @@ from minconv_cli import __version__
 from minconv_cli.checkpoint import data_meta, read_checkpoint, save_checkpoint
 from minconv_cli.config import Config
 from minconv_cli.errors import MinconvError
-from minconv_cli.models import count_parameters, create_model, width_for_params
+from minconv_cli.models import count_parameters, create_model, widths_for_params
 from minconv_cli.training import distributed
 from minconv_cli.training.data import TrainingData, data_paths, prepare_data
 from minconv_cli.training.distributed import Dist
@@ -70,14 +70,13 @@ def build_model(config: Config, data: TrainingData) -> torch.nn.Module:
         "time_chunk": m.time_chunk,
     }
     in_channels = len(fields.channels) + n_static
-    width = m.width
     try:
-        if m.params is not None:
-            width = width_for_params(
+        if m.params is not None:  # the paper's uniform width where it lands within 3%
+            kwargs["widths"] = widths_for_params(
                 m.name, m.params, in_channels, m.layers, fields.grid_shape, **kwargs
             )
         return create_model(
-            m.name, in_channels, width=width, layers=m.layers, grid=fields.grid_shape, **kwargs
+            m.name, in_channels, width=m.width, layers=m.layers, grid=fields.grid_shape, **kwargs
         )
     except ValueError as err:
         raise MinconvError(f"config: model: {err}") from None
