@@ -177,7 +177,7 @@ def widths_for_params(
     uniform = _closest_uniform(count, params)
     if abs(count(uniform) - params) <= tolerance * params or layers == 1:
         return [uniform] * layers
-    w = uniform if count(uniform) < params else uniform - 1
+    w = uniform if count(uniform) < params or uniform == 1 else uniform - 1
     candidates = [[w] * layers]
     for k in range(1, layers):
         candidates += [[w] * (layers - k) + [w + 1] * k, [w + 1] * k + [w] * (layers - k)]
