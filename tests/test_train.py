@@ -205,7 +205,12 @@ def _state(path: Path) -> dict:
     return load_checkpoint(path).model.state_dict()
 
 
-def test_resume_after_sigint_reaches_the_same_weights_as_an_uninterrupted_run(traj, tmp_path):
+def test_resume_after_sigint_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    # long enough epochs (~100 steps) that the signal always lands mid-run, however fast the machine
+    traj = tmp_path / "long.nc"
+    trajectory_dataset(n_traj=5, n_time=80, n=8, splits=["train"] * 3 + ["val", "test"]).to_netcdf(
+        traj
+    )
     common = [
         traj, "--context", 3, "--horizon", 2, "--width", 4, "--batch-size", 2, "--epochs", 3,
         "--set", "train.noise=0.01", "--set", "train.curriculum_epochs=2", "--seed", 3, "-q",
@@ -222,7 +227,7 @@ def test_resume_after_sigint_reaches_the_same_weights_as_an_uninterrupted_run(tr
     deadline = time.monotonic() + 120
     while not (cut / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # mid-epoch 2 (of 3; 8 steps each)
+    proc.send_signal(signal.SIGINT)  # in epoch 2 of 3
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err
