@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from minconv_cli.commands._common import console, print_json, user_errors
+from minconv_cli.commands._common import console, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from minconv_cli.evaluate import Scores
@@ -59,18 +58,7 @@ def evaluate(
 
     out_dir = out or default_out_dir(forecast)
     check_outputs(out_dir, plot, overwrite)
-    bar = Progress(
-        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), console=console, disable=quiet
-    )
-    task: list[TaskID] = []
-
-    def report(done: int, total: int) -> None:
-        if not task:
-            bar.start()
-            task.append(bar.add_task("scoring", total=total))
-        bar.update(task[0], completed=done, total=total)
-
-    try:
+    with progress_bar("scoring", quiet) as report:
         scores = run_evaluate(
             forecast,
             truth,
@@ -81,8 +69,6 @@ def evaluate(
             climatology_period=climatology_period,
             progress=report,
         )
-    finally:
-        bar.stop()
     written = write_reports(scores, out_dir, plot)
     if json_out:
         print_json(scores.records)

@@ -6,16 +6,8 @@ import shlex
 from pathlib import Path
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
-from minconv_cli.commands._common import console, print_json, user_errors
+from minconv_cli.commands._common import console, print_json, progress_bar, user_errors
 
 
 @user_errors
@@ -76,23 +68,7 @@ def rollout(
     words += ["--batch-size", batch_size, "--zarr-format", zarr_format]
     words += [f"--{mode}"] if mode != "create" else []
     command = shlex.join(map(str, words))  # the effective request, however it was invoked
-    bar = Progress(
-        TextColumn("rollout"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-    )
-    task: list[TaskID] = []
-
-    def report(done: int, total: int) -> None:
-        if not task:  # the bar appears once the inputs are checked and the work is known
-            bar.start()
-            task.append(bar.add_task("rollout", total=total))
-        bar.update(task[0], completed=done, total=total)
-
-    try:
+    with progress_bar("rollout", quiet) as report:
         result = run_rollout(
             checkpoint,
             data,
@@ -108,8 +84,6 @@ def rollout(
             command=command,
             progress=report,
         )
-    finally:
-        bar.stop()
     if json_out:
         print_json(result.to_dict())
     elif not quiet:
