@@ -144,7 +144,7 @@ def test_acc_of_the_climatology_is_undefined_and_of_opposite_anomalies_is_minus_
 def test_climatology_from_the_truth_is_the_mean_by_day_of_year_over_the_period(tmp_path):
     truth = latlon_dataset(n_time=3 * 365 + 20, n_lat=2, n_lon=4, variables=("z",))
     t = pd.DatetimeIndex(truth.time.values)
-    value = (t.dayofyear + 1000 * (t.year - 2000)).to_numpy(np.float32)[:, None, None]
+    value = (t.day_of_year + 1000 * (t.year - 2000)).to_numpy(np.float32)[:, None, None]
     truth = truth.assign(z=truth.z.copy(data=np.broadcast_to(value, truth.z.shape).copy()))
     truth.to_netcdf(tmp_path / "truth.nc")
     init = np.flatnonzero(t.year == 2002)[100:110]
