@@ -44,14 +44,14 @@ def assert_same(a: xr.Dataset, b: xr.Dataset):
 
 def test_netcdf_to_zarr2_to_netcdf_and_to_zarr3_keep_everything(tmp_path):
     rich_dataset().to_netcdf(tmp_path / "src.nc")
-    src = xr.open_dataset(tmp_path / "src.nc")
+    src = xr.load_dataset(tmp_path / "src.nc")  # loaded and closed: no handle shared with convert
     assert run(tmp_path / "src.nc", tmp_path / "v2.zarr", "--zarr-format", "2", "-q").exit_code == 0
     assert run(tmp_path / "v2.zarr", tmp_path / "back.nc", "-q").exit_code == 0
     assert run(tmp_path / "src.nc", tmp_path / "v3.zarr", "-q").exit_code == 0
     assert zarr.open_group(tmp_path / "v2.zarr", mode="r").metadata.zarr_format == 2
     assert zarr.open_group(tmp_path / "v3.zarr", mode="r").metadata.zarr_format == 3
     for out in ("v2.zarr", "back.nc", "v3.zarr"):
-        assert_same(src, xr.open_dataset(tmp_path / out))
+        assert_same(src, xr.load_dataset(tmp_path / out))
     back = xr.open_dataset(tmp_path / "back.nc")
     assert back["t"].encoding["dtype"] == np.int16 and back["t"].encoding["scale_factor"] == 0.01
     assert back["z"].encoding["zlib"]  # compressed again on the way back from Zarr
