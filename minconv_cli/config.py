@@ -19,9 +19,9 @@ import yaml
 
 from minconv_cli.errors import MinconvError
 from minconv_cli.models.cells import CELL_BACKENDS
-from minconv_cli.models.network import NORMS, PREDICTS
+from minconv_cli.models.network import PREDICTS
 from minconv_cli.models.padding import CYLINDER_PADS, PADDINGS
-from minconv_cli.models.registry import MODEL_NAMES
+from minconv_cli.models.registry import MODEL_NAMES, NORM_CHOICES
 
 
 def _choice(default: str, choices: tuple[str, ...]) -> Any:
@@ -53,7 +53,7 @@ class ModelConfig:
     layers: int = 2
     kernel_size: int = 3
     padding: str = _choice("auto", ("auto", *PADDINGS))  # auto: from the data's coordinates
-    norm: str = _choice("layer", NORMS)
+    norm: str = _choice("auto", NORM_CHOICES)  # auto: layer unless its per-cell params dominate
     predict: str = _choice("increment", PREDICTS)  # increment: start from persistence
     scan_backend: str = _choice("auto", CELL_BACKENDS)
     peepholes: bool = False

@@ -121,3 +121,32 @@ def trajectory_dataset(
         },
         attrs={"title": "minconv synthetic trajectory test data", "periodic_dims": "y x"},
     )
+
+
+def radar_dataset(n_time: int = 12, n: int = 512, blobs: int = 12, seed: int = 0) -> xr.Dataset:
+    """Radar-like precipitation (mm/h, >= 0) on an n x n x/y grid in km, every 10 minutes: rain
+    cells of a few km to tens of km drifting with a common wind, like a composite's field."""
+    rng = np.random.default_rng(seed)
+    km = np.arange(n, dtype=np.float32)
+    time = pd.date_range("2024-06-01T12:00", periods=n_time, freq="10min")
+    centre = rng.uniform(0, n, size=(blobs, 2)).astype(np.float32)
+    size = rng.uniform(n / 40, n / 8, size=blobs).astype(np.float32)
+    peak = rng.uniform(1.0, 20.0, size=blobs).astype(np.float32)
+    wind = np.float32(n / 100) * np.array([1.0, 0.5], dtype=np.float32)  # cells per step
+    rain = np.zeros((n_time, n, n), dtype=np.float32)
+    for t in range(n_time):
+        for (cy, cx), s, p in zip(centre + t * wind, size, peak, strict=True):
+            dy = (km - cy + n / 2) % n - n / 2  # periodic distances: cells drift out and back in
+            dx = (km - cx + n / 2) % n - n / 2
+            gy, gx = np.exp(-(dy**2) / (2 * s * s)), np.exp(-(dx**2) / (2 * s * s))
+            rain[t] += p * gy[:, None] * gx[None, :]
+    rain = np.maximum(rain - 0.5, 0.0)  # dry where the cells are weak
+    return xr.Dataset(
+        {"precip": (("time", "y", "x"), rain, {"units": "mm h-1", "long_name": "rain rate"})},
+        coords={
+            "time": ("time", time, {"standard_name": "time", "axis": "T"}),
+            "y": ("y", km, {"units": "km", "axis": "Y", "long_name": "y"}),
+            "x": ("x", km, {"units": "km", "axis": "X", "long_name": "x"}),
+        },
+        attrs={"title": "minconv synthetic radar-like test data"},
+    )

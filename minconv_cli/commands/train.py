@@ -30,8 +30,16 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
+def _pace(seconds: float) -> str:
+    """Seconds per step, or steps per second when a step takes under half a second."""
+    if seconds >= 0.5:
+        return f"{seconds:.2f} s/step"
+    return f"{1 / max(seconds, 1e-9):.1f} steps/s"
+
+
 class RichReporter:
-    """Epoch and step bars with loss, throughput and ETA on stderr; one line per finished epoch."""
+    """Epoch and step bars with loss, pace (s/step), throughput and ETA on stderr; one line per
+    finished epoch."""
 
     def __init__(self) -> None:
         self.progress = Progress(
@@ -46,7 +54,11 @@ class RichReporter:
         self.epochs: TaskID | None = None
         self.steps: TaskID | None = None
         self.windows = 0
+        self.stepped = 0
         self.since = time.monotonic()
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(message)
 
     def begin(self, epochs: int, first_epoch: int) -> None:
         self.progress.start()
@@ -58,12 +70,17 @@ class RichReporter:
         self.steps = self.progress.add_task(
             f"epoch {epoch + 1}", total=steps, completed=done, info=""
         )
-        self.windows, self.since = 0, time.monotonic()
+        self.windows, self.stepped, self.since = 0, 0, time.monotonic()
 
     def step(self, loss: float, windows: int) -> None:
         self.windows += windows
-        rate = self.windows / max(1e-9, time.monotonic() - self.since)
-        self.progress.update(self.steps, advance=1, info=f"loss {loss:.4g}  {rate:.1f} win/s")
+        self.stepped += 1
+        seconds = max(1e-9, time.monotonic() - self.since)
+        self.progress.update(
+            self.steps,
+            advance=1,
+            info=f"loss {loss:.4g}  {_pace(seconds / self.stepped)}  {self.windows / seconds:.1f} win/s",
+        )
 
     def epoch_done(self, row: dict[str, Any]) -> None:
         self.progress.update(
@@ -71,10 +88,15 @@ class RichReporter:
             advance=1,
             info=f"val RMSE cl {row['val_rmse_cl']:.4g} (persistence {row['persistence_rmse']:.4g})",
         )
+        partial = (
+            f" (validated on {row['val_windows']} windows: time budget)"
+            if row.get("val_partial")
+            else ""
+        )
         self.progress.console.print(
             f"epoch {row['epoch']}: train loss {row['train_loss']:.4g}, val RMSE tf "
             f"{row['val_rmse_tf']:.4g}, cl {row['val_rmse_cl']:.4g}, persistence "
-            f"{row['persistence_rmse']:.4g}, {row['seconds']:.1f} s"
+            f"{row['persistence_rmse']:.4g}, {row['seconds']:.1f} s{partial}"
         )
 
     def end(self) -> None:
@@ -145,13 +167,20 @@ def train(
         help="Parameter budget: the width is chosen to match it (instead of --width).",
     ),
     layers: int | None = typer.Option(None, "--layers", help="Recurrent layers."),
+    norm: str | None = typer.Option(
+        None,
+        "--norm",
+        help="auto (default: layer unless its per-grid-cell parameters would outnumber the rest "
+        "of the model, then instance), layer, instance, group or none.",
+    ),
     epochs: int | None = typer.Option(
         None, "--epochs", help="Epochs (passes over the training windows)."
     ),
     max_time: float | None = typer.Option(
         None,
         "--max-time",
-        help="Wall-clock budget in seconds: stop (after validating) when reached.",
+        help="Wall-clock budget in seconds: training stops a step early enough to validate "
+        "(on a spread subset of windows if time is short) and save within it.",
     ),
     batch_size: int | None = typer.Option(
         None, "--batch-size", "-b", help="Windows per step (per process)."
@@ -196,6 +225,7 @@ def train(
         "model.width": width,
         "model.params": params,
         "model.layers": layers,
+        "model.norm": norm,
         "train.context": context,
         "train.horizon": horizon,
         "train.epochs": epochs,
@@ -244,7 +274,13 @@ def train(
     if not quiet:
         if summary["channels"]:
             console.print(_table(summary))
+        last = summary["last_validation"]
+        partial = (
+            f" (last validation on {last['windows']} of {last['of']} windows)"
+            if last["partial"]
+            else ""
+        )
         console.print(
             f"{result.status.replace('_', ' ')}: {summary['epochs_completed']} epoch(s) in "
-            f"{summary['seconds']:.1f} s; best model {summary['checkpoint']}"
+            f"{summary['seconds']:.1f} s{partial}; best model {summary['checkpoint']}"
         )

@@ -15,14 +15,15 @@ from torch import nn
 
 from minconv_cli.models.cells import MIN_KINDS, ConvGRUCell, ConvLSTMCell, MinConvCell
 
-NORMS = ("layer", "group", "none")
+NORMS = ("layer", "instance", "group", "none")
 PREDICTS = ("next", "increment")
 CHUNK_ELEMENTS = 2**20
 
 
 class GridNorm(nn.Module):
     """`layer`: LayerNorm over (H, W) with per-grid-cell affine parameters (as in the paper);
-    `group`: GroupNorm (grid-agnostic); `none`: identity."""
+    `instance`: the same statistics (each channel over (H, W)) with a per-channel affine, so
+    grid-agnostic; `group`: GroupNorm over `groups` groups of channels (grid-agnostic); `none`."""
 
     def __init__(self, kind: str, channels: int, grid: tuple[int, int] | None, groups: int = 1):
         super().__init__()
@@ -31,13 +32,15 @@ class GridNorm(nn.Module):
         if kind == "layer":
             self.weight = nn.Parameter(torch.ones(*grid))
             self.bias = nn.Parameter(torch.zeros(*grid))
-        elif kind == "group":
+        elif kind in ("instance", "group"):
             self.weight = nn.Parameter(torch.ones(channels))
             self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "layer":
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias)
+        if self.kind == "instance":  # GroupNorm with one group per channel
+            return F.group_norm(x, x.shape[1], self.weight, self.bias)
         if self.kind == "group":
             return F.group_norm(x, self.groups, self.weight, self.bias)
         return x

@@ -1,4 +1,5 @@
-"""Models by name (`create_model`, `MODEL_NAMES`) and sizing to a parameter budget (`width_for_params`)."""
+"""Models by name (`create_model`, `MODEL_NAMES`), the `norm="auto"` choice and sizing to a
+parameter budget (`width_for_params`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from minconv_cli.models.network import NORMS, PREDICTS, RecurrentForecaster
 from minconv_cli.models.padding import CYLINDER_PADS, PADDINGS
 
 MODEL_NAMES = ("minconvgru", "minconvlstm", "minconvexplstm", "convgru", "convlstm")
+NORM_CHOICES = ("auto", *NORMS)
 
 _OPTIONS = {
     "widths": None,
@@ -47,6 +49,7 @@ def create_model(
     options: widths (per layer), predict ("next" | "increment"), static_channels, scan_backend
     ("auto" | "fused" | "linear" | "log"), peepholes (convlstm), cylinder_pad ("zeros" |
     "replicate"), norm_groups (for norm="group"), time_chunk (teacher-forced frames per chunk, 0: auto).
+    norm="auto" resolves with `auto_norm` (hparams hold the resolved kind).
     """
     _choice("model", name, MODEL_NAMES)
     unknown = sorted(set(options) - set(_OPTIONS))
@@ -56,7 +59,7 @@ def create_model(
         )
     opts = {**_OPTIONS, **options}
     _choice("padding", padding, PADDINGS)
-    _choice("norm", norm, NORMS)
+    _choice("norm", norm, NORM_CHOICES)
     _choice("predict", opts["predict"], PREDICTS)
     _choice("scan_backend", opts["scan_backend"], CELL_BACKENDS)
     _choice("cylinder_pad", opts["cylinder_pad"], CYLINDER_PADS)
@@ -81,6 +84,11 @@ def create_model(
         grid = tuple(int(n) for n in grid)
         if len(grid) != 2 or min(grid) < 1:
             raise ValueError(f"grid: expected (H, W) with positive sizes, got {grid}")
+    if norm == "auto":
+        other = _parameters_without_norm(
+            name, in_channels, out_channels, widths, kernel_size, padding, grid, opts
+        )
+        norm = auto_norm(grid, len(widths), other)
     if norm == "layer" and grid is None:
         raise ValueError(
             "norm='layer': expected grid=(H, W) (LayerNorm over the grid has per-cell parameters), got None"
@@ -130,6 +138,38 @@ def create_model(
     )
 
 
+def grid_norm_parameters(grid: Sequence[int], layers: int) -> int:
+    """Parameters of `norm="layer"`: a weight and a bias per grid cell, in every layer."""
+    return 2 * int(grid[0]) * int(grid[1]) * int(layers)
+
+
+def auto_norm(grid: Sequence[int] | None, layers: int, other_parameters: int) -> str:
+    """`layer` (the paper's LayerNorm over (H, W)) while its per-cell parameters do not outnumber
+    the rest of the model (`other_parameters`); else `instance` (the same statistics with a
+    per-channel affine), so that large grids do not make the model grow with the grid."""
+    if grid is None or grid_norm_parameters(grid, layers) > other_parameters:
+        return "instance"
+    return "layer"
+
+
+def _parameters_without_norm(
+    name, in_channels, out_channels, widths, kernel_size, padding, grid, opts
+) -> int:
+    """Parameters of this architecture with norm="none" (built on the meta device: cheap)."""
+    with torch.device("meta"):
+        model = create_model(
+            name,
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            padding=padding,
+            norm="none",
+            grid=grid,
+            **{**opts, "widths": widths},
+        )
+    return count_parameters(model)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -174,6 +214,18 @@ def widths_for_params(
     if params < 1:
         raise ValueError(f"params: expected a positive parameter budget, got {params}")
     count = _meta_counter(name, in_channels, layers, grid, out_channels, kwargs)
+    smallest = count([1] * layers)
+    if smallest > (1 + tolerance) * params:
+        grid_part = ""
+        if kwargs.get("norm", "layer") == "layer" and grid is not None:
+            grid_part = (
+                f", {grid_norm_parameters(grid, layers):,} of them LayerNorm's per-cell parameters "
+                f"over the {grid[0]}x{grid[1]} grid (norm='auto' or 'instance' has none)"
+            )
+        raise ValueError(
+            f"params: expected at least {smallest:,} (the smallest such model, width 1{grid_part}), "
+            f"got {params:,}"
+        )
     uniform = _closest_uniform(count, params)
     if abs(count(uniform) - params) <= tolerance * params or layers == 1:
         return [uniform] * layers

@@ -25,8 +25,14 @@ from minconv_cli import __version__
 from minconv_cli.checkpoint import data_meta, read_checkpoint, save_checkpoint
 from minconv_cli.config import Config
 from minconv_cli.errors import MinconvError
-from minconv_cli.models import count_parameters, create_model, widths_for_params
+from minconv_cli.models import (
+    count_parameters,
+    create_model,
+    grid_norm_parameters,
+    widths_for_params,
+)
 from minconv_cli.training import distributed
+from minconv_cli.training.budget import Budget, spread
 from minconv_cli.training.data import TrainingData, data_paths, prepare_data
 from minconv_cli.training.distributed import Dist
 from minconv_cli.training.run_dir import RunDir
@@ -36,6 +42,7 @@ from minconv_cli.training.steps import Validation, training_loss, validate
 class Reporter(Protocol):
     """Progress sink (the command's rich display); library code prints nothing itself."""
 
+    def note(self, message: str) -> None: ...
     def begin(self, epochs: int, first_epoch: int) -> None: ...
     def epoch(self, epoch: int, steps: int, done: int) -> None: ...
     def step(self, loss: float, windows: int) -> None: ...
@@ -80,6 +87,24 @@ def build_model(config: Config, data: TrainingData) -> torch.nn.Module:
         )
     except ValueError as err:
         raise MinconvError(f"config: model: {err}") from None
+
+
+def norm_note(requested: str, model: torch.nn.Module) -> str | None:
+    """What `norm: auto` chose for this model and why (None when the norm was given)."""
+    if requested != "auto":
+        return None
+    kind, (h, w) = model.hparams["norm"], model.grid
+    cost = grid_norm_parameters(model.grid, len(model.widths))
+    other = count_parameters(model) - sum(p.numel() for p in model.norms.parameters())
+    if kind == "layer":
+        return (
+            f"norm: layer (auto: LayerNorm over the {h}x{w} grid, {cost:,} per-cell parameters "
+            f"beside the model's {other:,})"
+        )
+    return (
+        f"norm: {kind} (auto: LayerNorm over the {h}x{w} grid would add {cost:,} per-cell "
+        f"parameters to the model's {other:,}; --norm layer to use it anyway)"
+    )
 
 
 def horizon_at(config: Config, epoch: int) -> int:
@@ -152,6 +177,7 @@ class _Run:
         info: Dist,
         device: torch.device,
     ) -> None:
+        self.t0 = time.monotonic()  # the time budget counts from here (setup included)
         self.config, self.info, self.device = config, info, device
         self.run_dir = RunDir(out)
         if info.is_main:
@@ -161,6 +187,10 @@ class _Run:
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data).to(device)
         self.hparams = self.model.hparams
+        self.norm_note = norm_note(config.model.norm, self.model)
+        config.model.norm = self.hparams["norm"]  # the resolved choice, in config.yaml and meta
+        if self.reporter and self.hparams["norm"] != "layer" and self.norm_note:
+            self.reporter.note(self.norm_note)
         self.parameters = count_parameters(self.model)
         o = config.optim
         opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
@@ -283,15 +313,21 @@ class _Run:
         )
 
     def validation(self) -> Validation:
+        """All validation windows, or (when the time budget is short) an evenly spread subset of
+        them, the same on every rank; `Validation.windows` says how many were validated."""
         t = self.config.train
         n = len(self.data.val_windows)
-        mine = list(range(self.info.rank, n, self.info.world))
+        count = self.budget.val_windows(n, self.info.world)
+        if self.info.enabled:  # rank 0's count on every rank (the others add 0)
+            shared = torch.tensor([count if self.info.is_main else 0], dtype=torch.float64)
+            count = int(distributed.all_reduce_sum(shared, self.info).item())
+        mine = spread(n, count)[self.info.rank :: self.info.world]
         batches = [mine[i : i + t.batch_size] for i in range(0, len(mine), t.batch_size)]
         self.model.eval()
         try:
             return validate(
                 self.model,
-                self._loader(self.data.val_windows, batches),
+                self.budget.limit(self._loader(self.data.val_windows, batches)),
                 t.context,
                 t.horizon,
                 self.data.normalizer,
@@ -311,18 +347,22 @@ class _Run:
         distributed.all_reduce_sum(t, self.info)
         return float(t[0]) / self.info.world, bool(t[1] > 0), bool(t[2] > 0)
 
+    def _val_windows_here(self) -> int:
+        return math.ceil(len(self.data.val_windows) / self.info.world)
+
     def run(self, flag: dict) -> str:
         """Train until the epochs are done, patience runs out, time is up, or a signal arrives."""
         t, p = self.config.train, self.pos
         if self.reporter:
             self.reporter.begin(t.epochs, p.epoch)
-        started = time.monotonic() - p.elapsed
+        self.budget = Budget(t.max_time, self.t0 - p.elapsed, t.batch_size)
         signalled = over_time = False
         while p.epoch < t.epochs:
             epoch_start = time.monotonic() - p.epoch_seconds
             horizon = horizon_at(self.config, p.epoch)
             if self.reporter:
                 self.reporter.epoch(p.epoch, self.steps_per_epoch, p.step)
+            tick = time.monotonic()
             for batch in self.epoch_batches(p.epoch, p.step):
                 noise = _generator(t.seed, p.global_step, self.info.rank) if t.noise > 0 else None
                 self.optimizer.zero_grad(set_to_none=True)
@@ -335,7 +375,10 @@ class _Run:
                     self.optimizer.step()
                     if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
                         self.scheduler.step()
-                over_time = t.max_time is not None and time.monotonic() - started >= t.max_time
+                now = time.monotonic()
+                self.budget.step_done(now - tick)
+                tick = now
+                over_time = self.budget.stop_training(self._val_windows_here())
                 value, signalled, over_time = self._sync(
                     value, flag["signal"] is not None, over_time
                 )
@@ -352,13 +395,16 @@ class _Run:
                 if signalled or over_time:
                     break
             p.epoch_seconds = time.monotonic() - epoch_start
-            p.elapsed = time.monotonic() - started
+            p.elapsed = time.monotonic() - self.budget.started
             if signalled:
                 if self.info.is_main:
                     self.save_last()
                 return "interrupted"
             if self._finish_epoch(horizon):
                 return "early_stopping"
+            if p.epoch < t.epochs and not over_time:  # room for another epoch's first step?
+                stop = self.budget.stop_training(self._val_windows_here())
+                over_time = self._sync(0.0, False, stop)[2]
             if over_time and p.epoch < t.epochs:
                 return "time_budget"
         return "completed"
@@ -367,6 +413,7 @@ class _Run:
         """Validate, record, checkpoint; True when early stopping says to stop."""
         t, p = self.config.train, self.pos
         val = self.validation()
+        p.elapsed = time.monotonic() - self.budget.started
         lr = self.optimizer.param_groups[0]["lr"]
         row = {
             "epoch": p.epoch + 1,
@@ -375,6 +422,8 @@ class _Run:
             "lr": lr,
             "seconds": round(p.epoch_seconds, 3),
             "horizon": horizon,
+            "val_windows": val.windows,
+            "val_partial": val.windows < len(self.data.val_windows),
         }
         p.history.append(row)
         improved = val.score < p.best_score
@@ -401,6 +450,8 @@ class _Run:
             beats = all(
                 v["rmse_cl"] < v["persistence_rmse_cl"] for v in (p.best_detail or {}).values()
             )
+        last = p.history[-1] if p.history else {}
+        steps = self.budget.step_seconds
         return {
             "status": status,
             "run_dir": str(self.run_dir.path),
@@ -408,6 +459,8 @@ class _Run:
             "model": self.hparams["name"],
             "parameters": self.parameters,
             "widths": self.hparams["widths"],
+            "norm": self.hparams["norm"],
+            "norm_note": self.norm_note,
             "context": t.context,
             "horizon": t.horizon,
             "data": data_paths(self.config),
@@ -417,7 +470,16 @@ class _Run:
             "val_windows": len(d.val_windows),
             "epochs_completed": p.epoch,
             "steps": p.global_step,
-            "seconds": round(p.elapsed, 2),
+            "seconds": round(time.monotonic() - self.budget.started, 2),
+            "max_time": t.max_time,
+            "seconds_per_step": round(sum(steps) / len(steps), 4) if steps else None,
+            "longest_step_seconds": round(max(steps), 4) if steps else None,
+            "last_validation": {
+                "windows": last.get("val_windows"),
+                "of": len(d.val_windows),
+                "partial": last.get("val_partial"),
+                "seconds": round(self.budget.validation_seconds, 3),
+            },
             "device": str(self.device),
             "world_size": self.info.world,
             "best_epoch": p.best_epoch,
