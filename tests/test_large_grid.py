@@ -89,11 +89,21 @@ def test_bad_norm_and_budgets_below_the_grid_norm_are_one_line_errors(radar, tmp
         "got 'lyer' (did you mean 'layer'?)"
     ]
     result = invoke(
-        radar["r512"], *SMALL[:4], "--norm", "layer", "--params", 5000, "--out", tmp_path / "b"
+        radar["r512"],
+        *SMALL[:4],
+        "--layers",
+        1,
+        *HALVES,
+        "--norm",
+        "layer",
+        "--params",
+        5000,
+        "--out",
+        tmp_path / "b",
     )
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: config: model: params: expected at least 524,")
+    assert line.startswith("error: config: model: params: expected at least 524,312 (the smallest")
     assert "LayerNorm's per-cell parameters over the 512x512 grid" in line and "got 5,000" in line
     assert not (tmp_path / "b" / "model.pt").exists()
 
