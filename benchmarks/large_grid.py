@@ -35,12 +35,18 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from factories import radar_dataset  # noqa: E402  (the tests' radar-like field)
 
 RESULT = Path(__file__).parent / "results" / "large_grid.json"
+SPLITS = {"data.train_period": "0.0:0.6", "data.val_period": "0.6:1.0"}  # windows of 16 steps
 
 
 def step_seconds(path: Path, norm: str, batch_size: int, steps: int) -> tuple[int, list[float]]:
     """(parameters, seconds of each training step) of the default model with `norm`."""
     cfg = resolve_config(
-        options={"data.paths": [str(path)], "model.norm": norm, "train.batch_size": batch_size}
+        options={
+            "data.paths": [str(path)],
+            "model.norm": norm,
+            "train.batch_size": batch_size,
+            **SPLITS,
+        }
     )
     data = prepare_data(cfg)
     torch.manual_seed(0)
@@ -65,7 +71,8 @@ def budget_run(path: Path, out: Path, budget: float, batch_size: int) -> tuple[f
     """Wall time of one `minconv train --max-time` call (a fresh process) and its summary."""
     command = [
         sys.executable, "-m", "minconv_cli", "train", str(path), "--max-time", str(budget),
-        "--batch-size", str(batch_size), "--out", str(out), "--json", "-q",
+        "--batch-size", str(batch_size), "--train-period", SPLITS["data.train_period"],
+        "--val-period", SPLITS["data.val_period"], "--out", str(out), "--json", "-q",
     ]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -75,7 +82,7 @@ def budget_run(path: Path, out: Path, budget: float, batch_size: int) -> tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=int, default=512)
-    parser.add_argument("--times", type=int, default=48, help="10-minute steps in the field")
+    parser.add_argument("--times", type=int, default=64, help="10-minute steps in the field")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1, help="timed steps per model")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of both norms")

@@ -219,6 +219,10 @@ class _Run:
         self.pos = _Position(history=[])
         if resume:
             self._restore()
+        # the budget covers every session of the run: this one's setup and the earlier ones
+        self.budget = Budget(
+            config.train.max_time, self.t0 - self.pos.elapsed, config.train.batch_size
+        )
         self.net: torch.nn.Module = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -355,7 +359,6 @@ class _Run:
         t, p = self.config.train, self.pos
         if self.reporter:
             self.reporter.begin(t.epochs, p.epoch)
-        self.budget = Budget(t.max_time, self.t0 - p.elapsed, t.batch_size)
         signalled = over_time = False
         while p.epoch < t.epochs:
             epoch_start = time.monotonic() - p.epoch_seconds
