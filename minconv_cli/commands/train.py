@@ -204,6 +204,7 @@ def train(
     ),
 ) -> None:
     """Train a forecasting model; writes model.pt, last.pt, config.yaml, metrics.csv and summary.json."""
+    started = time.monotonic()  # --max-time counts from here: loading torch and the data included
     from minconv_cli.checkpoint import read_checkpoint
     from minconv_cli.config import resolve_config
     from minconv_cli.errors import MinconvError
@@ -256,7 +257,13 @@ def train(
 
     reporter = None if quiet else RichReporter()
     result = train_model(
-        cfg, out, resume=resume, overwrite=overwrite, reporter=reporter, on_setup=on_setup
+        cfg,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        reporter=reporter,
+        on_setup=on_setup,
+        started=started,
     )
     if not holder.get("main", True):
         return

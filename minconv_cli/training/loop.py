@@ -176,8 +176,10 @@ class _Run:
         reporter: Reporter | None,
         info: Dist,
         device: torch.device,
+        started: float | None = None,
     ) -> None:
-        self.t0 = time.monotonic()  # the time budget counts from here (setup included)
+        # the time budget counts from here (setup included), or from when the command started
+        self.t0 = time.monotonic() if started is None else started
         self.config, self.info, self.device = config, info, device
         self.run_dir = RunDir(out)
         if info.is_main:
@@ -500,13 +502,15 @@ def train_model(
     overwrite: bool = False,
     reporter: Reporter | None = None,
     on_setup: Callable[[Dist], None] | None = None,
+    started: float | None = None,
 ) -> TrainResult:
-    """Train `config` into the run directory `out`; returns how it ended and the summary."""
+    """Train `config` into the run directory `out`; returns how it ended and the summary.
+    `started`: the `time.monotonic()` that `train.max_time` counts from (default: now)."""
     info, device = distributed.setup(config.train.device)
     try:
         if on_setup is not None:
             on_setup(info)
-        run = _Run(config, Path(out), resume, overwrite, reporter, info, device)
+        run = _Run(config, Path(out), resume, overwrite, reporter, info, device, started)
         if info.is_main:
             run.run_dir.write_config(config.to_yaml())
         try:
