@@ -7,8 +7,10 @@ standard AWS/Google environment variables), so none end up in configs, checkpoin
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,7 @@ def open_url(url: str, chunks: Any) -> xr.Dataset:
     except MinconvError:
         raise
     except Exception as err:  # a network or reader failure, told in one line
+        _forget_pending_reads()
         raise url_error(root, err) from None
     ds.encoding["source_format"] = "zarr"
     return ds
@@ -156,7 +159,7 @@ def url_error(url: str, err: BaseException) -> MinconvError:
         return MinconvError(
             f"{url}: no answer within {timeout_s():g} s ({TIMEOUT_ENV} sets the limit)"
         )
-    if "ClientConnectionError" in names or isinstance(err, ConnectionError):
+    if names & {"ClientConnectionError", "ConnectionError"}:  # aiohttp's, botocore's, builtin
         return MinconvError(f"{url}: cannot reach the server ({_one_line(err)})")
     if names & {"NodeNotFoundError", "GroupNotFoundError", "FileNotFoundError"}:
         return MinconvError(
@@ -175,8 +178,16 @@ def zarr_format_of_url(url: str) -> int:
             warnings.simplefilter("ignore")
             group = zarr.open_group(root, mode="r", storage_options=storage_options(root))
     except Exception as err:
+        _forget_pending_reads()
         raise url_error(root, err) from None
     return int(group.metadata.zarr_format)
+
+
+def _forget_pending_reads() -> None:
+    """After a failed open, reads still pending in the storage layer's event loop are dropped at
+    exit, each printing an "Exception ignored in coroutine" traceback under the one-line error:
+    silence those (only then, only at exit)."""
+    atexit.register(setattr, sys, "unraisablehook", lambda _: None)
 
 
 def _one_line(err: BaseException) -> str:
