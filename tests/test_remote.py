@@ -89,6 +89,7 @@ def trained(served, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["era2.zarr", "era3.zarr"])
 def test_a_served_store_trains_and_rolls_out_exactly_like_the_store_on_disk(
     served, trained, tmp_path, store
@@ -118,6 +119,7 @@ def test_a_served_store_trains_and_rolls_out_exactly_like_the_store_on_disk(
         assert json.loads(b.attrs["minconv_rollout"])["data"] == [url]
 
 
+@pytest.mark.slow
 def test_evaluate_reads_forecast_truth_and_climatology_from_urls(
     served, trained, tmp_path, monkeypatch
 ):
