@@ -182,6 +182,7 @@ def test_an_unknown_scheme_a_missing_store_and_a_netcdf_url_are_one_line_each(se
         "foo://bucket/era.zarr": "unknown URL scheme 'foo'",
         f"{base}/missing.zarr": "no Zarr store there",
         f"{base}/era.nc": "NetCDF files cannot be read from a URL",
+        f"simplecache::{base}/era2.zarr": "chained URLs (a::b://) are not supported",
     }
     for url, message in cases.items():
         line = error_line(runner.invoke(app, ["train", url, *TRAIN, "--out", str(out)]))

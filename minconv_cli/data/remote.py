@@ -19,7 +19,8 @@ import xarray as xr
 
 from minconv_cli.errors import MinconvError
 
-# `scheme://...` or a chained `simplecache::s3://...`; two letters at least, so `C:/` stays a path.
+# `scheme://...` (or a chained `simplecache::s3://...`, refused: zarr 3 cannot read through
+# one); two letters at least, so `C:/` stays a path.
 URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+(://|::)")
 # A URL that went through `pathlib.Path` (`s3://b/x` -> `s3:/b/x`): refused where output goes.
 MANGLED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")
@@ -60,28 +61,32 @@ def local_path(path: str | Path, what: str) -> Path:
     return Path(path)
 
 
-def protocols(url: str) -> list[str]:
-    """The fsspec protocols of a (possibly chained) URL: `simplecache::s3://b/x` -> [simplecache, s3]."""
-    return [part.split("://", 1)[0].lower() for part in url.split("::") if part]
+def protocol(url: str) -> str:
+    """The URL's fsspec protocol: `s3://bucket/x.zarr` -> `s3`."""
+    return url.split("://", 1)[0].lower()
 
 
-def check_protocols(url: str) -> None:
-    """Each protocol must be known to fsspec and its package installed (one line naming the extra)."""
+def check_protocol(url: str) -> None:
+    """The protocol must be known to fsspec and its package installed (one line naming the extra)."""
     import fsspec
 
-    for proto in protocols(url):
-        try:
-            fsspec.get_filesystem_class(proto)
-        except ValueError:
-            raise MinconvError(
-                f"{url}: unknown URL scheme {proto!r} (use a local path or a URL fsspec reads, "
-                "e.g. https://, s3://, gs://)"
-            ) from None
-        except ImportError:
-            package = PACKAGES.get(proto, f"the fsspec implementation of {proto}://")
-            raise MinconvError(
-                f"{url}: reading {proto}:// needs {package}; install it with {EXTRA}"
-            ) from None
+    if "::" in url:
+        raise MinconvError(
+            f"{url}: chained URLs (a::b://) are not supported; give the store's plain URL"
+        )
+    proto = protocol(url)
+    try:
+        fsspec.get_filesystem_class(proto)
+    except ValueError:
+        raise MinconvError(
+            f"{url}: unknown URL scheme {proto!r} (use a local path or a URL fsspec reads, "
+            "e.g. https://, s3://, gs://)"
+        ) from None
+    except ImportError:
+        package = PACKAGES.get(proto, f"the fsspec implementation of {proto}://")
+        raise MinconvError(
+            f"{url}: reading {proto}:// needs {package}; install it with {EXTRA}"
+        ) from None
 
 
 def timeout_s() -> float:
@@ -101,17 +106,14 @@ def storage_options(url: str) -> dict[str, Any]:
     server fails instead of hanging; everything else comes from fsspec's configuration."""
     import fsspec.config
 
-    proto = protocols(url)[-1]
+    proto = protocol(url)
     if proto not in ("http", "https") or "client_kwargs" in fsspec.config.conf.get(proto, {}):
         return {}
     import aiohttp
 
     limit = timeout_s()
-    return {
-        "client_kwargs": {
-            "timeout": aiohttp.ClientTimeout(total=None, connect=limit, sock_read=limit)
-        }
-    }
+    timeout = aiohttp.ClientTimeout(total=None, connect=limit, sock_read=limit)
+    return {"client_kwargs": {"timeout": timeout}}
 
 
 def store_url(url: str) -> str:
@@ -125,7 +127,7 @@ def store_url(url: str) -> str:
 
 def detect_url_format(url: str) -> str:
     """`"zarr"` for a URL we can read; NetCDF and unknown schemes are one-line errors."""
-    check_protocols(url)
+    check_protocol(url)
     path = url.split("?", 1)[0].rstrip("/")
     if Path(path).suffix.lower() in NETCDF_SUFFIXES:
         raise MinconvError(
