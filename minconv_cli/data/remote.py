@@ -189,7 +189,12 @@ def _forget_pending_reads() -> None:
     """After a failed open, reads still pending in the storage layer's event loop are dropped at
     exit, each printing an "Exception ignored in coroutine" traceback under the one-line error:
     silence those (only then, only at exit)."""
-    atexit.register(setattr, sys, "unraisablehook", lambda _: None)
+    atexit.unregister(_quiet_exit)  # once is enough, however many opens failed
+    atexit.register(_quiet_exit)
+
+
+def _quiet_exit() -> None:
+    sys.unraisablehook = lambda _: None
 
 
 def _one_line(err: BaseException) -> str:
