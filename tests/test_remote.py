@@ -251,3 +251,11 @@ def test_local_paths_keep_working_when_they_look_unusual(tmp_path, monkeypatch):
     result = runner.invoke(app, ["convert", "a:b.nc", "copy.zarr", "--quiet"])
     assert result.exit_code == 0, result.output
     shutil.rmtree(tmp_path / "copy.zarr")
+
+
+def test_a_bad_timeout_setting_is_named(served, tmp_path, monkeypatch):
+    _, base = served
+    monkeypatch.setenv("MINCONV_REMOTE_TIMEOUT", "soon")
+    line = error_line(runner.invoke(app, ["convert", f"{base}/era2.zarr", str(tmp_path / "x.nc")]))
+    assert "MINCONV_REMOTE_TIMEOUT='soon': expected a number of seconds" in line, line
+    assert nothing_in(tmp_path)
