@@ -73,7 +73,17 @@ def test_the_default_model_has_the_same_parameters_on_64x64_and_512x512(radar, t
 
 def test_norm_layer_asked_for_gives_the_papers_grid_dependent_model(radar, tmp_path):
     result = invoke(
-        radar["r512"], *SMALL, *HALVES, "--norm", "layer", "--out", tmp_path / "l", "--json", "-q"
+        radar["r512"],
+        *SMALL,
+        *HALVES,
+        "--epochs",
+        1,
+        "--norm",
+        "layer",
+        "--out",
+        tmp_path / "l",
+        "--json",
+        "-q",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
