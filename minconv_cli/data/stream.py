@@ -205,7 +205,10 @@ class BlockStream(IterableDataset):
             needed = np.unique(
                 self.block_of[np.concatenate([run, np.asarray(pending, np.int64)])]
             ).tolist()
-            loaded = {b: loaded[b] if b in loaded else self._read(b) for b in needed}
+            loaded = {b: loaded[b] for b in needed if b in loaded}  # the rest freed first
+            for b in needed:
+                if b not in loaded:
+                    loaded[b] = self._read(b)
             for i in run.tolist():
                 pending.append(i)
                 if len(pending) == self.batch_size:
