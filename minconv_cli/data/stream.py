@@ -52,12 +52,14 @@ def time_chunks(windows: WindowDataset) -> list[int]:
 
 def block_frames(windows: WindowDataset, buffer_bytes: int) -> int:
     """Target times per block: `OVERLAP_FACTOR * (length - 1)`, less when a shuffle buffer of
-    `SHUFFLE_BLOCKS` such blocks would not fit `buffer_bytes`; at least one."""
+    `SHUFFLE_BLOCKS` such blocks would not fit `buffer_bytes`, but not below one chunk (a smaller
+    block would read its chunk again for every piece); at least one."""
     f = windows.fields
     h, w = f.grid_shape
     frame = len(f.channels) * h * w * 4
     fit = int(buffer_bytes / (SHUFFLE_BLOCKS * BUFFER_SHARE * frame)) - (windows.length - 1)
-    return max(1, min(OVERLAP_FACTOR * max(1, windows.length - 1), fit))
+    target = OVERLAP_FACTOR * max(1, windows.length - 1)
+    return max(1, min(target, max(fit, min(time_chunks(windows)))))
 
 
 def time_blocks(chunks: list[int], frames: int) -> list[tuple[int, int]]:
