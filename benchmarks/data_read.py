@@ -13,6 +13,9 @@ they make `torch.stack` crawl when the machine is busy) whose peak resident set 
 - lazy-per-window: today's lazy path, each window read on its own (`WindowDataset[i]`), timed on a
   sample of batches (it is slow).
 
+"data peak" is the child's VmHWM minus its RSS before opening the data; with workers it counts the
+main process only (each worker holds its own block buffer, the limit split between them).
+
 Targets: lazy-block >= 10x lazy-per-window with workers=0; lazy-block's data memory <= the limit.
 
     python benchmarks/data_read.py                  # the store, limit 256 MB
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -151,6 +155,7 @@ def main() -> None:
         return
     from minconv_cli.data import Normalizer, open_fields
 
+    load = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="minconv-data-read-", dir=args.workdir))
     store = workdir / "hourly.zarr"
     try:
@@ -191,7 +196,8 @@ def main() -> None:
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps({
         "benchmark": "data_read",
-        "machine": {"platform": platform.platform(), "threads": 1, "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "threads": 1, "torch": torch.__version__,
+                    "load_average_1m": {"start": load[0], "end": os.getloadavg()[0]}},
         "store_mb": size / 2**20, "years": args.years, "window_length": LENGTH, "batch": args.batch,
         "memory_limit_mb": args.limit_mb, "paths": rows,
         "block_over_per_window": speedup, "block_within_limit": within,

@@ -9,7 +9,7 @@ from typing import Any
 from minconv_cli.errors import MinconvError
 
 AUTO_SHARE = 0.5  # of the available memory, when no limit is configured
-IN_MEMORY_FACTOR = 3.0  # loaded values + normalised windows + mask + temporaries, per float32 byte
+IN_MEMORY_FACTOR = 5.0  # peak per float32 byte: values, frames, normalising temporaries, mask
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
