@@ -177,8 +177,6 @@ class _Run:
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.train.batch_size)
         self.train_stream = self._stream(self.data.train_windows, shuffle=True)
         self.val_stream = self._stream(self.data.val_windows, shuffle=False)
-        if self.reporter:
-            self.reporter.note(self._data_note())
         self.scheduler: Any = None
         if o.schedule == "cosine":
             total = max(1, config.train.epochs * self.steps_per_epoch)
@@ -195,6 +193,8 @@ class _Run:
         self.pos = _Position(history=[])
         if resume:
             self._restore()
+        if self.reporter:  # once the run is known to be valid (errors stay one line)
+            self.reporter.note(self._data_note())
         self.net: torch.nn.Module = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
