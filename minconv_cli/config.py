@@ -41,6 +41,9 @@ class DataConfig:
     val_period: str | None = None  # None: split=val if the data has one, else 0.8:0.9
     stride: int = 1  # between training window starts
     val_stride: int = 1
+    memory_limit: int | str | None = (
+        None  # e.g. 8GB: data loaded or buffered; None: half the free RAM
+    )
 
 
 @dataclass
@@ -302,6 +305,10 @@ def validate(config: Config, source: str = "config") -> Config:
     for ok, key, message in rules:
         if not ok:
             raise MinconvError(f"{source}: {key}: {message}")
+    if config.data.memory_limit is not None:
+        from minconv_cli.data.memory import parse_size
+
+        parse_size(config.data.memory_limit, f"{source}: data.memory_limit")
     return config
 
 

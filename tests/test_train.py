@@ -205,7 +205,8 @@ def _state(path: Path) -> dict:
     return load_checkpoint(path).model.state_dict()
 
 
-def test_resume_after_sigint_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("reading", [[], ["--memory-limit", "0"]], ids=["in-memory", "lazy-blocks"])
+def test_resume_after_sigint_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, reading):
     # long enough epochs (~100 steps) that the signal always lands mid-run, however fast the machine
     traj = tmp_path / "long.nc"
     trajectory_dataset(n_traj=5, n_time=80, n=8, splits=["train"] * 3 + ["val", "test"]).to_netcdf(
@@ -214,6 +215,7 @@ def test_resume_after_sigint_reaches_the_same_weights_as_an_uninterrupted_run(tm
     common = [
         traj, "--context", 3, "--horizon", 2, "--width", 4, "--batch-size", 2, "--epochs", 3,
         "--set", "train.noise=0.01", "--set", "train.curriculum_epochs=2", "--seed", 3, "-q",
+        *reading,
     ]  # fmt: skip
     whole = tmp_path / "whole"
     assert invoke(*common, "--out", whole).exit_code == 0
@@ -240,6 +242,25 @@ def test_resume_after_sigint_reaches_the_same_weights_as_an_uninterrupted_run(tm
         assert all(torch.equal(a[k], b[k]) for k in a), name
     rows = lambda p: [r["epoch"] for r in csv.DictReader((p / "metrics.csv").open())]  # noqa: E731
     assert rows(cut) == rows(whole) == ["1", "2", "3"]
+
+
+def test_data_over_the_memory_limit_is_streamed_and_the_run_says_so(tmp_path):
+    trajectory_dataset(n_traj=5, n_time=10, n=8, splits=["train"] * 3 + ["val", "test"]).chunk(
+        {"trajectory": 1, "time": 4}
+    ).to_zarr(tmp_path / "traj.zarr")
+    out = tmp_path / "run"
+    result = invoke(tmp_path / "traj.zarr", *TINY, "--memory-limit", "1kB", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "data: read lazily from disk in blocks" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data_memory"]["in_memory"] is False
+    assert summary["data_memory"]["memory_limit_bytes"] == 1024
+    assert summary["train_windows"] == 3 * (10 - 6 + 1) and summary["status"] == "completed"
+    assert (
+        "data: in memory" in invoke(tmp_path / "traj.zarr", *TINY, "--out", tmp_path / "r2").stderr
+    )
+    bad = invoke(tmp_path / "traj.zarr", *TINY, "--memory-limit", "lots", "--out", tmp_path / "r3")
+    assert "data.memory_limit: expected a size like 2GB" in error_line(bad)
 
 
 def test_two_process_ddp_on_cpu_writes_a_loadable_checkpoint(traj, tmp_path):

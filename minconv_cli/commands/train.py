@@ -191,6 +191,12 @@ def train(
         None, "--seed", help="Seed of initialisation, shuffling and noise."
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    memory_limit: str | None = typer.Option(
+        None,
+        "--memory-limit",
+        help="Memory the data may use, e.g. 8GB: smaller data is loaded, larger is read in blocks "
+        "from disk. Default: half the available memory.",
+    ),
     out: str | None = typer.Option(
         None, "--out", "-o", help="Run directory. Default: runs/<model>-<date>-<time>."
     ),
@@ -237,6 +243,7 @@ def train(
         "train.batch_size": batch_size,
         "train.seed": seed,
         "train.device": device,
+        "data.memory_limit": memory_limit,
         "optim.lr": lr,
     }
     base = None

@@ -17,10 +17,11 @@ from minconv_cli.data.dims import (
     recognise_dims,
 )
 from minconv_cli.data.fields import Channel, Fields, jsonable
+from minconv_cli.data.memory import fits_in_memory, memory_budget
 from minconv_cli.data.remote import as_source, detect_url_format, is_url, open_url
 from minconv_cli.errors import MinconvError
 
-LOAD_BELOW_BYTES = 256 * 2**20
+LOAD_BELOW_BYTES: int | None = None  # a fixed load threshold (tests); None: from the memory budget
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 
 
@@ -88,8 +89,11 @@ def open_fields(
     static: Sequence[str] | None = None,
     dims: Mapping[str, Any] | None = None,
     levels: Sequence[Any] | None = None,
+    memory_limit: Any = None,
 ) -> Fields:
-    """Open, recognise, check and join data files into `Fields` (lazy unless under 256 MB)."""
+    """Open, recognise, check and join data files into `Fields`: loaded into memory when the
+    selected variables fit the memory budget (`memory_limit`, default half the available memory),
+    else lazy (dask, read from disk when needed)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [as_source(p) for p in paths]
@@ -155,7 +159,7 @@ def open_fields(
     y_dim, x_dim = role["y"], role["x"]
     order = (*sample_dims, time_dim, *((level_dim,) if level_dim else ()), y_dim, x_dim)
     ds = ds.transpose(*order, ..., missing_dims="ignore")
-    if ds[selected].nbytes < LOAD_BELOW_BYTES:
+    if _load_into_memory(ds[selected], memory_limit):
         ds = ds.load()
     for v in selected:
         if not ds[v].chunks and bool(ds[v].isnull().all()):
@@ -175,6 +179,17 @@ def open_fields(
         is_latlon=latlon,
         default_padding=default_padding(ds, y_dim, x_dim, latlon),
     )
+
+
+def float32_bytes(ds: xr.Dataset) -> int:
+    """Size of the variables of `ds` as float32 (how training holds them)."""
+    return int(sum(ds[v].size for v in ds.data_vars)) * 4
+
+
+def _load_into_memory(ds: xr.Dataset, memory_limit: Any) -> bool:
+    if LOAD_BELOW_BYTES is not None:
+        return ds.nbytes < LOAD_BELOW_BYTES
+    return fits_in_memory(float32_bytes(ds), memory_budget(memory_limit))
 
 
 def _merge_variable_files(opened: list[tuple[Path, xr.Dataset]]) -> list[tuple[Path, xr.Dataset]]:

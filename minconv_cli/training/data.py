@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from minconv_cli.config import Config
 from minconv_cli.data import Fields, Normalizer, WindowDataset, open_fields, split_fields
+from minconv_cli.data.memory import memory_budget
+from minconv_cli.data.open import float32_bytes
 
 
 @dataclass
@@ -20,6 +22,7 @@ class TrainingData:
     normalizer: Normalizer
     train_windows: WindowDataset
     val_windows: WindowDataset
+    memory: dict = field(default_factory=dict)  # in_memory, data_bytes, memory_limit_bytes
 
 
 def default_splits(fields: Fields) -> tuple[str, str]:
@@ -44,9 +47,20 @@ def data_paths(config: Config) -> list[str]:
 def prepare_data(config: Config) -> TrainingData:
     """Open, split and window the data for `config` (normaliser fitted on the training split)."""
     d, t = config.data, config.train
+    budget = memory_budget(d.memory_limit)
     fields = open_fields(
-        data_paths(config), variables=d.variables, static=d.static, dims=d.dims, levels=d.levels
+        data_paths(config),
+        variables=d.variables,
+        static=d.static,
+        dims=d.dims,
+        levels=d.levels,
+        memory_limit=budget,
     )
+    memory = {
+        "in_memory": not fields.is_lazy,
+        "data_bytes": float32_bytes(fields.ds[fields.variables]),
+        "memory_limit_bytes": budget,
+    }
     auto_train, auto_val = default_splits(fields)
     train_spec, val_spec = d.train_period or auto_train, d.val_period or auto_val
     train, val = split_fields(fields, train_spec), split_fields(fields, val_spec)
@@ -55,5 +69,5 @@ def prepare_data(config: Config) -> TrainingData:
     train_windows = WindowDataset(train, length, normalizer, stride=d.stride)
     val_windows = WindowDataset(val, length, normalizer, stride=d.val_stride)
     return TrainingData(
-        fields, train, val, train_spec, val_spec, normalizer, train_windows, val_windows
+        fields, train, val, train_spec, val_spec, normalizer, train_windows, val_windows, memory
     )

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from minconv_cli import __version__
 from minconv_cli.checkpoint import data_meta, read_checkpoint, save_checkpoint
 from minconv_cli.config import Config
+from minconv_cli.data.stream import BlockStream
 from minconv_cli.errors import MinconvError
 from minconv_cli.models import (
     count_parameters,
@@ -205,6 +206,8 @@ class _Run:
             seed=config.train.seed,
         )
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.train.batch_size)
+        self.train_stream = self._stream(self.data.train_windows, shuffle=True)
+        self.val_stream = self._stream(self.data.val_windows, shuffle=False)
         self.scheduler: Any = None
         if o.schedule == "cosine":
             total = max(1, config.train.epochs * self.steps_per_epoch)
@@ -225,6 +228,8 @@ class _Run:
         self.budget = Budget(
             config.train.max_time, self.t0 - self.pos.elapsed, config.train.batch_size
         )
+        if self.reporter:  # once the run is known to be valid (errors stay one line)
+            self.reporter.note(self._data_note())
         self.net: torch.nn.Module = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -299,17 +304,58 @@ class _Run:
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])
 
+    # ------------------------------------------------------------------ data
+    def _stream(self, windows: Any, shuffle: bool) -> BlockStream | None:
+        """Lazily read windows come block by block (each chunk read about once per epoch); None
+        for data in memory, whose windows are sliced from one array."""
+        if not windows.fields.is_lazy:
+            return None
+        t = self.config.train
+        lanes = max(1, t.num_workers)
+        return BlockStream(
+            windows,
+            t.batch_size,
+            shuffle=shuffle,
+            seed=t.seed,
+            rank=self.info.rank,
+            world=self.info.world,
+            workers=t.num_workers,
+            buffer_bytes=self.data.memory["memory_limit_bytes"] // (2 * lanes),
+        )
+
+    def _data_note(self) -> str:
+        m = self.data.memory
+        size, limit = m["data_bytes"] / 2**20, m["memory_limit_bytes"] / 2**20
+        if m["in_memory"]:
+            return f"data: in memory ({size:,.0f} MB as float32; memory limit {limit:,.0f} MB)"
+        frames = self.train_stream.frames if self.train_stream else 0
+        return (
+            f"data: read lazily from disk in blocks of {frames} times ({size:,.0f} MB as float32 "
+            f"does not fit the memory limit of {limit:,.0f} MB; set data.memory_limit to change)"
+        )
+
     # ------------------------------------------------------------------ loop
     def epoch_batches(self, epoch: int, skip: int) -> DataLoader:
         """This rank's batches of `epoch` (shuffled from (seed, epoch)), without the first `skip`."""
+        if self.train_stream is not None:
+            self.train_stream.set_epoch(epoch, skip)
+            return self._loader(self.train_stream, None)
         self.sampler.set_epoch(epoch)
         order = list(self.sampler)
         size = self.config.train.batch_size
         batches = [order[i : i + size] for i in range(skip * size, len(order), size)]
         return self._loader(self.data.train_windows, batches)
 
-    def _loader(self, dataset: Any, batches: list[list[int]]) -> DataLoader:
+    def _loader(self, dataset: Any, batches: list[list[int]] | None) -> DataLoader:
+        """A loader of `batches` of a map-style dataset, or of a `BlockStream`'s own batches."""
         workers = self.config.train.num_workers
+        if batches is None:
+            return DataLoader(
+                dataset,
+                batch_size=None,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+            )
         return DataLoader(
             dataset,
             batch_sampler=batches,
@@ -327,13 +373,17 @@ class _Run:
         if self.info.enabled:  # rank 0's count on every rank (the others add 0)
             shared = torch.tensor([count if self.info.is_main else 0], dtype=torch.float64)
             count = int(distributed.all_reduce_sum(shared, self.info).item())
-        mine = spread(n, count)[self.info.rank :: self.info.world]
-        batches = [mine[i : i + t.batch_size] for i in range(0, len(mine), t.batch_size)]
+        if self.val_stream is not None and count >= n:
+            loader = self._loader(self.val_stream, None)
+        else:  # in-memory data, or a partial validation: only the chosen windows are read
+            mine = spread(n, count)[self.info.rank :: self.info.world]
+            batches = [mine[i : i + t.batch_size] for i in range(0, len(mine), t.batch_size)]
+            loader = self._loader(self.data.val_windows, batches)
         self.model.eval()
         try:
             return validate(
                 self.model,
-                self.budget.limit(self._loader(self.data.val_windows, batches)),
+                self.budget.limit(loader),
                 t.context,
                 t.horizon,
                 self.data.normalizer,
@@ -473,6 +523,7 @@ class _Run:
             "val_split": d.val_spec,
             "train_windows": len(d.train_windows),
             "val_windows": len(d.val_windows),
+            "data_memory": d.memory,
             "epochs_completed": p.epoch,
             "steps": p.global_step,
             "seconds": round(time.monotonic() - self.budget.started, 2),
