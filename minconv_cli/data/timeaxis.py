@@ -273,7 +273,7 @@ def detect_step(times: np.ndarray) -> StepFit:
     if not is_dated(times):  # numeric (simulation) time: never judged irregular
         return StepFit(float(step), fits, 0, "")
     order = np.argsort(-counts, kind="stable")[:4]
-    summary = ", ".join(f"{pd.Timedelta(values[i])} x{int(counts[i])}" for i in order)
+    summary = ", ".join(f"{_fmt_spacing(values[i])} x{int(counts[i])}" for i in order)
     if len(values) > 4:
         summary += f", ... ({len(values)} different spacings)"
     if step >= MONTHLY_FROM:
@@ -281,6 +281,11 @@ def detect_step(times: np.ndarray) -> StepFit:
             if n >= fits:
                 step, fits = cand, n
     return StepFit(step, fits, len(diffs), summary)
+
+
+def _fmt_spacing(value: np.timedelta64) -> str:
+    td = pd.Timedelta(value)
+    return f"{td.days} days" if td == pd.Timedelta(days=td.days) else str(td)
 
 
 def _calendar_candidates(times: np.ndarray) -> list[tuple[CalendarStep, int]]:
