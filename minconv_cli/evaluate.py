@@ -23,8 +23,8 @@ from dask.callbacks import Callback
 
 from minconv_cli import __version__, metrics
 from minconv_cli.data import Fields, open_dataset, open_fields, split_fields, timeaxis
-from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.data.dims import find_roles, is_latitude, is_longitude, recognise_dims
+from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.errors import MinconvError
 
 INIT_DIM = "time"
@@ -415,7 +415,11 @@ def climatology_from_file(path: Path, variables: Sequence[str], datetime_time: b
         roles = {"y": found["y"], "x": found["x"], "level": found.get("level")}
         other = set(map(str, ds[v].dims)) - {d for d in roles.values() if d} - allowed
         if other or (datetime_time and "hour" in ds[v].dims and "dayofyear" not in ds[v].dims):
-            want = "(dayofyear[, hour] or month, y, x)" if datetime_time else "(y, x) only (numeric time)"
+            want = (
+                "(dayofyear[, hour] or month, y, x)"
+                if datetime_time
+                else "(y, x) only (numeric time)"
+            )
             raise MinconvError(f"{path}: {v!r} has dims {tuple(ds[v].dims)}; expected {want}")
         out[v] = ds[v].load()
     return Climatology(out, roles, str(path), explicit=True)
@@ -427,10 +431,8 @@ def climatology_at(
     """The climatology at each valid time (time, prediction_timedelta); ClimatologyGap if any is missing."""
     if "dayofyear" not in clim.dims and "month" not in clim.dims:
         return clim
-    if "month" in clim.dims:
-        keys = {"month": valid.dt.month}
-    else:
-        keys = {"dayofyear": valid.dt.dayofyear}
+    by_month = "month" in clim.dims
+    keys = {"month": valid.dt.month} if by_month else {"dayofyear": valid.dt.dayofyear}
     if "hour" in clim.dims:
         keys["hour"] = valid.dt.hour
     names = list(keys)

@@ -21,8 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from minconv_cli import __version__
-from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields, split_fields
-from minconv_cli.data import timeaxis
+from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields, split_fields, timeaxis
 from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.errors import MinconvError
 
@@ -290,7 +289,9 @@ def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
             f"(it covers {_fmt_time(times[0])} to {_fmt_time(times[-1])})"
         )
     if isinstance(stride, CalendarStep):
-        keep = (timeaxis.month_number(inside) - timeaxis.month_number(inside[:1])) % stride.months == 0
+        keep = (
+            timeaxis.month_number(inside) - timeaxis.month_number(inside[:1])
+        ) % stride.months == 0
     elif timeaxis.is_cftime(inside):
         keep = timeaxis.elapsed(inside) % stride == np.timedelta64(0, "ns")
     elif fields.time_is_datetime:
@@ -303,13 +304,8 @@ def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
 
 def _parse_time(text: str, fields: Fields, whole_day: bool = False) -> Any:
     try:
-        if timeaxis.is_cftime(fields.times) or isinstance(fields.time_step, CalendarStep):
+        if fields.time_is_datetime:  # a date, month or year alone ends at its last instant
             return timeaxis.parse_time(text, fields.times, end=whole_day)
-        if fields.time_is_datetime:
-            value = np.datetime64(pd.Timestamp(text.strip()).to_datetime64(), "ns")
-            if whole_day and len(text.strip()) <= 10:  # a date alone: up to its last instant
-                value = value + np.timedelta64(1, "D") - np.timedelta64(1, "ns")
-            return value
         return float(text)
     except (ValueError, TypeError):
         kind = "a date/time" if fields.time_is_datetime else "a number"

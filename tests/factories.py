@@ -129,7 +129,9 @@ def month_stamps(n_months: int, start: str, calendar: str, stamp: str) -> np.nda
     `calendar="standard"` gives datetime64 (pandas); any other CF calendar gives cftime objects.
     """
     use_cftime = calendar != "standard"
-    starts = xr.date_range(start, periods=n_months + 1, freq="MS", calendar=calendar, use_cftime=use_cftime)
+    starts = xr.date_range(
+        start, periods=n_months + 1, freq="MS", calendar=calendar, use_cftime=use_cftime
+    )
     starts = np.asarray(starts)
     if stamp == "start":
         return starts[:-1]
@@ -166,7 +168,13 @@ def monthly_dataset(
     values = values.astype(np.float32)
     values[:, : n_lat // 4, : n_lon // 4] = np.nan  # land
     return xr.Dataset(
-        {"sst": (("time", "lat", "lon"), values, {"units": "K", "long_name": "sea surface temperature"})},
+        {
+            "sst": (
+                ("time", "lat", "lon"),
+                values,
+                {"units": "K", "long_name": "sea surface temperature"},
+            )
+        },
         coords={
             "time": ("time", time, {"standard_name": "time", "axis": "T"}),
             "lat": ("lat", lat, {"units": "degrees_north", "standard_name": "latitude"}),

@@ -145,7 +145,9 @@ def test_scores_have_month_leads_and_a_climatology_by_month(monthly_run):
     assert leads == ["P1M", "P2M", "P3M", "P4M", "P5M"]
     acc = {r["lead"]: r["value"] for r in records if r["metric"] == "acc" and r["forecast"] == "fc"}
     assert all(v is not None and -1 <= v <= 1 for v in acc.values())
-    clim_rmse = [r["value"] for r in records if r["forecast"] == "climatology" and r["metric"] == "rmse"]
+    clim_rmse = [
+        r["value"] for r in records if r["forecast"] == "climatology" and r["metric"] == "rmse"
+    ]
     assert all(v is not None and v > 0 for v in clim_rmse)
 
 

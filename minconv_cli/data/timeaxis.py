@@ -22,7 +22,9 @@ MONTHLY_FROM = np.timedelta64(28, "D")  # spacings this long are tried against c
 _ZERO = np.timedelta64(0, "ns")
 _LABEL = re.compile(r"^P(\d+)([MY])(?:\s+(start|end|mid)(?:([+-])(\S+))?)?$")
 _STRIDE = re.compile(r"^(\d*)\s*(MS|ME|M|months?|YS|YE|Y|years?)$", re.IGNORECASE)
-_ISO = re.compile(r"^(-?\d{1,4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2})(?::(\d{2})(?::(\d{2}))?)?)?)?)?$")
+_ISO = re.compile(
+    r"^(-?\d{1,4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2})(?::(\d{2})(?::(\d{2}))?)?)?)?)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,11 @@ def elapsed(times: np.ndarray, origin: Any = None) -> np.ndarray:
         return (times.astype("datetime64[ns]") - np.datetime64(origin, "ns")).astype(
             "timedelta64[ns]"
         )
-    return np.array([pd.Timedelta(t - origin).to_timedelta64() for t in times.ravel()]).reshape(
-        times.shape
-    ).astype("timedelta64[ns]")
+    return (
+        np.array([pd.Timedelta(t - origin).to_timedelta64() for t in times.ravel()])
+        .reshape(times.shape)
+        .astype("timedelta64[ns]")
+    )
 
 
 def spacings(times: np.ndarray) -> np.ndarray:
@@ -171,7 +175,9 @@ def _td(x: Any) -> np.timedelta64:
     return pd.Timedelta(x).to_timedelta64().astype("timedelta64[ns]")
 
 
-def _positions(times: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _positions(
+    times: np.ndarray, unit: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per time: period index, offset after the period start, offset before its end, is-midpoint."""
     idx, after, before, mid = [], [], [], []
     for value in np.asarray(times).ravel():
@@ -199,7 +205,10 @@ def shift(times: np.ndarray, step: Any, n: int | np.ndarray) -> np.ndarray:
             t, k = np.broadcast_arrays(times, n_arr)
             delta = pd.Timedelta(step)
             return np.array(
-                [a + (delta * int(b)).to_pytimedelta() for a, b in zip(t.ravel(), k.ravel(), strict=True)],
+                [
+                    a + (delta * int(b)).to_pytimedelta()
+                    for a, b in zip(t.ravel(), k.ravel(), strict=True)
+                ],
                 dtype=object,
             ).reshape(t.shape)
         return times + n_arr * step
@@ -321,8 +330,10 @@ def parse_time(text: str, times: np.ndarray, end: bool = False) -> Any:
         if end:
             m = _ISO.match(text)
             if m and m.group(4) is None:  # a date, month or year alone: up to its last instant
-                value = _end_of(_stamp(value), m) if m.group(3) is None else value + np.timedelta64(
-                    1, "D"
+                value = (
+                    _end_of(_stamp(value), m)
+                    if m.group(3) is None
+                    else value + np.timedelta64(1, "D")
                 )
                 value = np.datetime64(value, "ns") - np.timedelta64(1, "ns")
         return value
@@ -331,11 +342,19 @@ def parse_time(text: str, times: np.ndarray, end: bool = False) -> Any:
     m = _ISO.match(text)
     if not m:
         raise ValueError(f"not an ISO date {text!r}")
-    parts = [int(g) if g is not None else d for g, d in zip(m.groups(), (0, 1, 1, 0, 0, 0), strict=True)]
+    parts = [
+        int(g) if g is not None else d for g, d in zip(m.groups(), (0, 1, 1, 0, 0, 0), strict=True)
+    ]
     calendar = calendar_of(times)
-    value = cftime.datetime(*parts, calendar=calendar, has_year_zero=np.asarray(times).flat[0].has_year_zero)
+    value = cftime.datetime(
+        *parts, calendar=calendar, has_year_zero=np.asarray(times).flat[0].has_year_zero
+    )
     if end and m.group(4) is None:
-        nxt = _end_of(value, m) if m.group(3) is None else value + pd.Timedelta(1, "D").to_pytimedelta()
+        nxt = (
+            _end_of(value, m)
+            if m.group(3) is None
+            else value + pd.Timedelta(1, "D").to_pytimedelta()
+        )
         value = nxt - pd.Timedelta(1, "us").to_pytimedelta()
     return value
 
