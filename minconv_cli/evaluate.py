@@ -178,6 +178,14 @@ def _span(values: np.ndarray) -> dict:
     return {"first": _label(values.min()), "last": _label(values.max()), "count": int(values.size)}
 
 
+def _lead_span(leads: np.ndarray, unit: str | None) -> dict:
+    """`_span` of the leads, calendar leads written `P1M` (their numbers alone read as steps)."""
+    span = _span(leads)
+    if unit and span["count"]:
+        span["first"], span["last"] = (format_lead(span[k], unit) for k in ("first", "last"))
+    return span
+
+
 def _label(value: Any) -> Any:
     if isinstance(value, np.datetime64):
         return str(np.datetime_as_string(value, unit="s"))
@@ -325,7 +333,7 @@ def align(
     overlap = {
         "forecast": store.name,
         "init_times": {**_span(init[rows]), "of": int(len(init))},
-        "leads": {**_span(lead[cols]), "of": int(len(lead))},
+        "leads": {**_lead_span(lead[cols], store.lead_unit), "of": int(len(lead))},
         "valid_times": _span(scored_valid),
         "cases": int(ok.sum()),
         "of_cases": int(valid.size),

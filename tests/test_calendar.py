@@ -149,6 +149,25 @@ def test_scores_have_month_leads_and_a_climatology_by_month(monthly_run):
         r["value"] for r in records if r["forecast"] == "climatology" and r["metric"] == "rmse"
     ]
     assert all(v is not None and v > 0 for v in clim_rmse)
+    with xr.open_dataset(monthly_run["tmp"] / "scores" / "scores.nc") as table:
+        overlap = json.loads(table.attrs["overlap"])[0]
+        assert table["lead"].attrs["units"] == "months"
+    assert (overlap["leads"]["first"], overlap["leads"]["last"]) == ("P1M", "P5M")
+    assert overlap["cases"] == 4 * 5 - 3  # the truth ends 1973-12: 1974-01..03 are not scored
+
+
+def test_a_day_stride_on_monthly_data_is_one_clear_error(monthly_run, tmp_path):
+    out = tmp_path / "fc.zarr"
+    result = runner.invoke(
+        app,
+        [
+            "rollout", str(monthly_run["tmp"] / "run" / "model.pt"), str(monthly_run["data"]),
+            "--steps", "2", "--init-times", "1973-01-01/1973-12-31/7D", "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "stride '7D': monthly/yearly data takes strides like 3M or 1Y" in result.output
+    assert not out.exists()
 
 
 def test_acc_uses_the_monthly_climatology(monthly_run):
