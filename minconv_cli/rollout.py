@@ -313,10 +313,10 @@ def _parse_time(text: str, fields: Fields, whole_day: bool = False) -> Any:
 
 
 def _parse_stride(text: str, fields: Fields) -> Any:
-    calendar = timeaxis.parse_stride(text) if fields.time_is_datetime else None
-    if calendar is not None:  # 3M, 1Y, 6MS: a number of calendar months or years
-        return calendar
     if isinstance(fields.time_step, CalendarStep):
+        calendar = timeaxis.parse_stride(text)
+        if calendar is not None:  # 3M, 1Y, 6MS: a number of calendar months or years
+            return calendar
         raise MinconvError(
             f"--init-times: stride {text.strip()!r}: monthly/yearly data takes strides like 3M or 1Y"
         )

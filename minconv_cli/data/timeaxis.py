@@ -21,7 +21,7 @@ ANCHORS = ("start", "end", "mid")
 MONTHLY_FROM = np.timedelta64(28, "D")  # spacings this long are tried against calendar steps
 _ZERO = np.timedelta64(0, "ns")
 _LABEL = re.compile(r"^P(\d+)([MY])(?:\s+(start|end|mid)(?:([+-])(\S+))?)?$")
-_STRIDE = re.compile(r"^(\d*)\s*(MS|ME|M|months?|YS|YE|Y|years?)$", re.IGNORECASE)
+_STRIDE = re.compile(r"^(\d*)\s*(MS|ME|M|months?|YS|YE|Y|years?)$")
 _ISO = re.compile(
     r"^(-?\d{1,4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2})(?::(\d{2})(?::(\d{2}))?)?)?)?)?$"
 )
@@ -372,5 +372,5 @@ def parse_stride(text: str) -> CalendarStep | None:
     if not m:
         return None
     count = int(m.group(1) or 1)
-    unit = "year" if m.group(2).upper().startswith("Y") else "month"
+    unit = "year" if m.group(2)[0] in "Yy" else "month"
     return CalendarStep(unit, count=count) if count > 0 else None
