@@ -59,9 +59,14 @@ def _channel_meta(channel: Any) -> dict:
 
 
 def time_step_label(step: Any) -> str | float | None:
-    """The time step as stored in meta: an ISO 8601 duration for timedelta64, else a float."""
+    """The time step as stored in meta: an ISO 8601 duration for timedelta64, a calendar step's
+    label (`P1M`, `P1M mid`, `P1Y`, ...) for monthly/yearly data, else a float."""
+    from minconv_cli.data.timeaxis import CalendarStep
+
     if step is None:
         return None
+    if isinstance(step, CalendarStep):
+        return step.label()
     if isinstance(step, (np.timedelta64, pd.Timedelta)):
         return pd.Timedelta(step).isoformat()
     return float(step)
@@ -73,6 +78,8 @@ def data_meta(fields: Any, normalizer: Any) -> dict:
     `fields` is a `minconv_cli.data.Fields`, `normalizer` the `Normalizer` fitted on its training
     split; `minconv train` writes this and `minconv rollout` checks new data against it.
     """
+    from minconv_cli.data.timeaxis import calendar_of
+
     channels = [_channel_meta(c) for c in fields.channels]
     variables: dict[str, dict] = {}
     for c in channels:
@@ -88,6 +95,7 @@ def data_meta(fields: Any, normalizer: Any) -> dict:
         "level_dim": fields.level_dim,
         "time_step": time_step_label(fields.time_step),
         "time_is_datetime": bool(fields.time_is_datetime),
+        "time_calendar": calendar_of(fields.times),
         "normalizer": normalizer.to_dict(),
         "padding": fields.default_padding,
     }

@@ -22,13 +22,16 @@ import xarray as xr
 from dask.callbacks import Callback
 
 from minconv_cli import __version__, metrics
-from minconv_cli.data import Fields, open_dataset, open_fields, split_fields
+from minconv_cli.data import Fields, open_dataset, open_fields, split_fields, timeaxis
 from minconv_cli.data.dims import find_roles, is_latitude, is_longitude, recognise_dims
 from minconv_cli.data.remote import as_source, is_url
+from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.errors import MinconvError
 
 INIT_DIM = "time"
 LEAD_DIM = "prediction_timedelta"
+VALID = "valid_time"  # true valid times (time, prediction_timedelta) of calendar-step stores
+CALENDAR_LEADS = ("months", "years")
 DONE = "minconv_done"
 TRUTH_TIME = "_truth_time"
 METRICS = ("rmse", "mae", "bias", "acc", "rel_l2")
@@ -66,6 +69,17 @@ class ForecastStore:
     @property
     def lead_is_time(self) -> bool:
         return self.ds[LEAD_DIM].dtype.kind == "m"
+
+    @property
+    def lead_unit(self) -> str | None:
+        """`months` / `years` for calendar leads (integers), else None."""
+        unit = self.ds[LEAD_DIM].attrs.get("units")
+        return unit if unit in CALENDAR_LEADS and self.ds[LEAD_DIM].dtype.kind in "iu" else None
+
+    @property
+    def is_dated(self) -> bool:
+        """Forecasts of dated data: timedelta leads, calendar leads, or a valid_time coordinate."""
+        return self.lead_is_time or self.lead_unit is not None or VALID in self.ds.coords
 
 
 def parse_compare(spec: str) -> tuple[str, str | Path]:
@@ -146,8 +160,10 @@ def _match_axis(truth: xr.Dataset, dim: str, target: xr.DataArray, label: str) -
 
 def _time_indexer(truth_times: np.ndarray, times: np.ndarray, step: Any) -> np.ndarray:
     """Positions of `times` in the truth's times (-1 where absent): exact for datetimes, 1e-6 step else."""
-    index = pd.Index(truth_times)
+    index = timeaxis.time_index(truth_times)
     flat = times.ravel()
+    if timeaxis.is_cftime(truth_times):
+        return index.get_indexer(flat).reshape(times.shape)
     if truth_times.dtype.kind == "M":
         return index.get_indexer(flat.astype("datetime64[ns]")).reshape(times.shape)
     tol = 1e-6 * abs(step) if step else 1e-9
@@ -163,11 +179,21 @@ def _span(values: np.ndarray) -> dict:
     return {"first": _label(values.min()), "last": _label(values.max()), "count": int(values.size)}
 
 
+def _lead_span(leads: np.ndarray, unit: str | None) -> dict:
+    """`_span` of the leads, calendar leads written `P1M` (their numbers alone read as steps)."""
+    span = _span(leads)
+    if unit and span["count"]:
+        span["first"], span["last"] = (format_lead(span[k], unit) for k in ("first", "last"))
+    return span
+
+
 def _label(value: Any) -> Any:
     if isinstance(value, np.datetime64):
         return str(np.datetime_as_string(value, unit="s"))
     if isinstance(value, np.timedelta64):
         return format_lead(value)
+    if hasattr(value, "calendar") and hasattr(value, "isoformat"):  # cftime
+        return value.isoformat()
     return value.item() if isinstance(value, np.generic) else value
 
 
@@ -230,7 +256,7 @@ def align(
     """
     ds = store.ds
     label = f"{store.path} vs {truth.path_label}"
-    if store.lead_is_time != truth.time_is_datetime:
+    if store.is_dated != truth.time_is_datetime:
         kind = "datetime" if truth.time_is_datetime else "numeric"
         raise MinconvError(
             f"{store.path}: {LEAD_DIM} is {ds[LEAD_DIM].dtype} but the truth has a {kind} time axis"
@@ -240,10 +266,19 @@ def align(
         raise MinconvError(f"{label}: the truth has sample dim(s) {extra} the forecast lacks")
     init = np.asarray(ds[INIT_DIM].values)
     lead = np.asarray(ds[LEAD_DIM].values)
-    if truth.time_is_datetime:
-        init = init.astype("datetime64[ns]")
-        lead = lead.astype("timedelta64[ns]")
-    valid = init[:, None] + lead[None, :]
+    if truth.time_is_datetime and timeaxis.calendar_of(init) != timeaxis.calendar_of(truth.times):
+        raise MinconvError(
+            f"{label}: the forecast's init times are in the {timeaxis.calendar_of(init)} calendar, "
+            f"the truth's in the {timeaxis.calendar_of(truth.times)} calendar"
+        )
+    if VALID in ds.coords:  # the true valid times, written by rollout in the data's calendar
+        valid = np.asarray(ds[VALID].values)
+        valid = valid.astype("datetime64[ns]") if valid.dtype.kind == "M" else valid
+    else:
+        if truth.time_is_datetime:
+            init = init.astype("datetime64[ns]")
+            lead = lead.astype("timedelta64[ns]")
+        valid = init[:, None] + lead[None, :]
     valid_pos = _time_indexer(truth.times, valid, truth.time_step)
     init_pos = _time_indexer(truth.times, init, truth.time_step)
     ok = valid_pos >= 0
@@ -299,7 +334,7 @@ def align(
     overlap = {
         "forecast": store.name,
         "init_times": {**_span(init[rows]), "of": int(len(init))},
-        "leads": {**_span(lead[cols]), "of": int(len(lead))},
+        "leads": {**_lead_span(lead[cols], store.lead_unit), "of": int(len(lead))},
         "valid_times": _span(scored_valid),
         "cases": int(ok.sum()),
         "of_cases": int(valid.size),
@@ -321,7 +356,8 @@ class ClimatologyGap(MinconvError):
 
 @dataclass
 class Climatology:
-    """Per variable: (dayofyear[, hour], [level], y, x) for datetime truth, ([level], y, x) otherwise."""
+    """Per variable: (dayofyear[, hour], [level], y, x) for datetime truth, (month, [level], y, x)
+    for monthly truth, ([level], y, x) otherwise (numeric time, yearly data)."""
 
     fields: dict[str, xr.DataArray]
     roles: dict[str, str | None]
@@ -332,7 +368,8 @@ class Climatology:
 def climatology_from_truth(
     truth: Fields, variables: Sequence[str], period: str | None, before: Any
 ) -> Climatology | None:
-    """Mean by day-of-year and hour (datetime time) or mean over time and samples (numeric time).
+    """Mean by day-of-year and hour (datetime time, in the truth's calendar), by month (monthly
+    data), or over time and samples (numeric time, yearly data).
 
     Period: `START/END` (inclusive), else for datetime truth every time before `before` (the first
     init time: no peeking at the scored period), else for numeric truth the whole truth.
@@ -343,7 +380,8 @@ def climatology_from_truth(
         sel = split_fields(truth, period)
         source = f"{truth.path_label} over {period}"
     elif truth.time_is_datetime:
-        n = int(np.searchsorted(truth.times, np.datetime64(before, "ns")))
+        first = before if timeaxis.is_cftime(truth.times) else np.datetime64(before, "ns")
+        n = int(np.searchsorted(truth.times, first))
         if n == 0:
             return None
         sel = truth.with_ds(truth.ds.isel({truth.time_dim: slice(0, n)}), truth.path_label)
@@ -353,7 +391,12 @@ def climatology_from_truth(
     out = {}
     for v in variables:
         da = sel.ds[v].mean(list(sel.sample_dims)) if sel.sample_dims else sel.ds[v]
-        if truth.time_is_datetime:
+        step = truth.time_step
+        monthly = isinstance(step, CalendarStep) and step.unit == "month"
+        if monthly:
+            t = da[truth.time_dim]
+            da = da.assign_coords(month=t.dt.month).groupby("month").mean(truth.time_dim)
+        elif truth.time_is_datetime and not isinstance(step, CalendarStep):
             t = da[truth.time_dim]
             da = da.assign_coords(dayofyear=t.dt.dayofyear, hour=t.dt.hour)
             da = da.groupby(["dayofyear", "hour"]).mean(truth.time_dim)
@@ -367,9 +410,10 @@ def climatology_from_truth(
 def climatology_from_file(
     path: str | Path, variables: Sequence[str], datetime_time: bool
 ) -> Climatology:
-    """A climatology file: per variable (dayofyear[, hour], [level], y, x) (WeatherBench 2), or (y, x)."""
+    """A climatology file: per variable (dayofyear[, hour], [level], y, x) (WeatherBench 2),
+    (month, [level], y, x) for monthly data, or (y, x)."""
     ds = open_dataset(path)
-    allowed = {"dayofyear", "hour"} if datetime_time else set()
+    allowed = {"dayofyear", "hour", "month"} if datetime_time else set()
     out, roles = {}, None
     for v in variables:
         if v not in ds.data_vars:
@@ -382,7 +426,11 @@ def climatology_from_file(
         roles = {"y": found["y"], "x": found["x"], "level": found.get("level")}
         other = set(map(str, ds[v].dims)) - {d for d in roles.values() if d} - allowed
         if other or (datetime_time and "hour" in ds[v].dims and "dayofyear" not in ds[v].dims):
-            want = "(dayofyear[, hour], y, x)" if datetime_time else "(y, x) only (numeric time)"
+            want = (
+                "(dayofyear[, hour] or month, y, x)"
+                if datetime_time
+                else "(y, x) only (numeric time)"
+            )
             raise MinconvError(f"{path}: {v!r} has dims {tuple(ds[v].dims)}; expected {want}")
         out[v] = ds[v].load()
     return Climatology(out, roles, str(path), explicit=True)
@@ -392,9 +440,10 @@ def climatology_at(
     clim: xr.DataArray, valid: xr.DataArray, label: str, template: xr.DataArray
 ) -> xr.DataArray:
     """The climatology at each valid time (time, prediction_timedelta); ClimatologyGap if any is missing."""
-    if "dayofyear" not in clim.dims:
+    if "dayofyear" not in clim.dims and "month" not in clim.dims:
         return clim
-    keys = {"dayofyear": valid.dt.dayofyear}
+    by_month = "month" in clim.dims
+    keys = {"month": valid.dt.month} if by_month else {"dayofyear": valid.dt.dayofyear}
     if "hour" in clim.dims:
         keys["hour"] = valid.dt.hour
     names = list(keys)
@@ -408,7 +457,7 @@ def climatology_at(
     if gaps:
         what = ", ".join(f"{n} {g}" for n, g in zip(names, gaps[0], strict=True))
         raise ClimatologyGap(
-            f"{label}: no climatology for {len(gaps)} of the scored (day-of-year, hour) pairs, "
+            f"{label}: no climatology for {len(gaps)} of the scored ({', '.join(names)}) keys, "
             f"e.g. {what}; give a longer --climatology-period or a --climatology file"
         )
     if template.chunks is not None:
@@ -438,8 +487,11 @@ class Scores:
         return {"records": self.records, "overlap": self.overlap, "notes": self.notes}
 
 
-def format_lead(lead: Any) -> str:
-    """ISO 8601 duration for a timedelta (`PT6H`, `P1D`, `P1DT12H`), `str` of the number otherwise."""
+def format_lead(lead: Any, unit: str | None = None) -> str:
+    """ISO 8601 duration for a timedelta (`PT6H`, `P1D`, `P1DT12H`) or calendar lead (`P3M`, `P1Y`
+    with `unit` months/years), `str` of the number otherwise."""
+    if unit in CALENDAR_LEADS:
+        return f"P{int(lead)}{'M' if unit == 'months' else 'Y'}"
     if isinstance(lead, (np.timedelta64, pd.Timedelta)):
         seconds = int(pd.Timedelta(lead).total_seconds())
         sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
@@ -670,12 +722,12 @@ def _assemble(
                     kind = "empty" if count == 0 else ("skill" if m.startswith("skill") else m)
                     note = UNDEFINED.get(kind, UNDEFINED["empty"])
                     seen = undefined.setdefault((name, m, note), ({}, {}))
-                    seen[0][ch], seen[1][format_lead(lead)] = None, None
+                    seen[0][ch], seen[1][format_lead(lead, main.lead_unit)] = None, None
                 records.append(
                     {
                         "forecast": name,
                         "variable": ch,
-                        "lead": format_lead(lead),
+                        "lead": format_lead(lead, main.lead_unit),
                         "lead_hours": lead_hours(lead),
                         "metric": m,
                         "value": value if note is None else None,
@@ -686,6 +738,8 @@ def _assemble(
         where = "every lead" if len(at) == len(leads) else "lead " + ", ".join(at)
         notes.append(f"{name} {m} of {', '.join(chs)} at {where}: {note} (null in the records)")
     lead_is_time = main.lead_is_time
+    if main.lead_unit:
+        table["lead"].attrs["units"] = main.lead_unit
     if lead_is_time:
         table = table.assign_coords(
             lead_hours=("lead", [lead_hours(x) for x in leads], {"units": "hours"})
@@ -811,7 +865,8 @@ def plot_scores(scores: Scores, path: Path) -> None:
             if len(x) <= 12:
                 ax.set_xticks(x)
             if i == len(rows) - 1:
-                ax.set_xlabel("lead time [h]" if scores.lead_is_time else "lead (time units)")
+                unit = table["lead"].attrs.get("units", "time units")
+                ax.set_xlabel("lead time [h]" if scores.lead_is_time else f"lead ({unit})")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
     fig.suptitle(f"scores against {Path(scores.truth).name}", fontsize=10)

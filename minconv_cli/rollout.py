@@ -21,14 +21,16 @@ import pandas as pd
 import xarray as xr
 
 from minconv_cli import __version__
-from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields, split_fields
+from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields, split_fields, timeaxis
 from minconv_cli.data.remote import as_source, is_url, local_path
+from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.errors import MinconvError
 
 DONE = "minconv_done"
 SETTINGS_ATTR = "minconv_rollout"
 LEAD_DIM = "prediction_timedelta"
 INIT_DIM = "time"
+VALID = "valid_time"  # 2-D (time, prediction_timedelta) coordinate of calendar-step stores
 Progress = Callable[[int, int], None]
 
 
@@ -65,11 +67,14 @@ def check_meta(meta: dict, path: Path) -> None:
         )
 
 
-def time_step_of(meta: dict) -> np.timedelta64 | float:
-    """The training time step stored in the checkpoint meta (np.timedelta64[ns] or float)."""
+def time_step_of(meta: dict) -> np.timedelta64 | float | CalendarStep:
+    """The training time step stored in the checkpoint meta (np.timedelta64[ns], float, or a
+    `CalendarStep` for monthly/yearly data)."""
     step = meta.get("time_step")
     if step is None:
         raise MinconvError("checkpoint: no time step recorded (it cannot drive a rollout)")
+    if meta.get("time_is_datetime") and CalendarStep.parse(str(step)) is not None:
+        return CalendarStep.parse(str(step))
     if meta.get("time_is_datetime"):
         return pd.Timedelta(step).to_timedelta64().astype("timedelta64[ns]")
     return float(step)
@@ -171,6 +176,9 @@ def _time_problems(fields: Fields, meta: dict) -> list[str]:
 
 
 def _same_step(a: Any, b: Any) -> bool:
+    if isinstance(a, CalendarStep) or isinstance(b, CalendarStep):
+        # where in the month the stamps sit (start, end, middle) does not change the dynamics
+        return isinstance(a, CalendarStep) and isinstance(b, CalendarStep) and a.months == b.months
     if isinstance(b, np.timedelta64):
         return np.timedelta64(a, "ns") == b
     return math.isclose(float(a), float(b), rel_tol=1e-6)
@@ -179,10 +187,14 @@ def _same_step(a: Any, b: Any) -> bool:
 def _fmt_time(value: Any) -> str:
     if isinstance(value, np.datetime64):
         return str(pd.Timestamp(value))
+    if hasattr(value, "calendar"):  # cftime
+        return str(value)
     return f"{float(value):g}"
 
 
 def _fmt_step(step: Any) -> str:
+    if isinstance(step, CalendarStep):
+        return str(step)
     if isinstance(step, np.timedelta64):
         return str(pd.Timedelta(step))
     return f"{float(step):g}"
@@ -234,7 +246,9 @@ def select_init_times(spec: str | None, fields: Fields, context: int, step: Any)
 
 
 def time_labels(times: np.ndarray) -> list[Any]:
-    """Init times as JSON values: ISO strings for datetimes, numbers otherwise."""
+    """Init times as JSON values: ISO strings for datetimes (any calendar), numbers otherwise."""
+    if timeaxis.is_cftime(times):
+        return [t.isoformat() for t in times]
     if times.dtype.kind == "M":
         return [pd.Timestamp(t).isoformat() for t in times]
     return [float(t) for t in times]
@@ -244,6 +258,8 @@ def _window_regular(times: np.ndarray, i: int, context: int, step: Any) -> bool:
     window = times[i - context + 1 : i + 1]
     if len(window) < 2:
         return True
+    if isinstance(step, CalendarStep) or timeaxis.is_cftime(window):
+        return bool(timeaxis.regular_pairs(window, step).all())
     diffs = np.diff(window)
     if isinstance(step, np.timedelta64):
         return bool(np.all(diffs.astype("timedelta64[ns]") == step))
@@ -266,14 +282,20 @@ def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
     stride = _parse_stride(pieces[2], fields) if len(pieces) == 3 else step
     if stop < start:
         raise MinconvError(f"--init-times: range {part!r} ends before it starts")
-    times = fields.times.astype("datetime64[ns]" if fields.time_is_datetime else np.float64)
+    times = timeaxis.as_axis(fields.times)
     inside = times[(times >= start) & (times <= stop)]
     if inside.size == 0:
         raise MinconvError(
             f"--init-times: no time of the data lies in {part!r} "
             f"(it covers {_fmt_time(times[0])} to {_fmt_time(times[-1])})"
         )
-    if fields.time_is_datetime:
+    if isinstance(stride, CalendarStep):
+        keep = (
+            timeaxis.month_number(inside) - timeaxis.month_number(inside[:1])
+        ) % stride.months == 0
+    elif timeaxis.is_cftime(inside):
+        keep = timeaxis.elapsed(inside) % stride == np.timedelta64(0, "ns")
+    elif fields.time_is_datetime:
         keep = (inside - inside[0]) % stride == np.timedelta64(0, "ns")
     else:
         ratio = (inside - inside[0]) / stride
@@ -283,11 +305,8 @@ def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
 
 def _parse_time(text: str, fields: Fields, whole_day: bool = False) -> Any:
     try:
-        if fields.time_is_datetime:
-            value = np.datetime64(pd.Timestamp(text.strip()).to_datetime64(), "ns")
-            if whole_day and len(text.strip()) <= 10:  # a date alone: up to its last instant
-                value = value + np.timedelta64(1, "D") - np.timedelta64(1, "ns")
-            return value
+        if fields.time_is_datetime:  # a date, month or year alone ends at its last instant
+            return timeaxis.parse_time(text, fields.times, end=whole_day)
         return float(text)
     except (ValueError, TypeError):
         kind = "a date/time" if fields.time_is_datetime else "a number"
@@ -295,6 +314,13 @@ def _parse_time(text: str, fields: Fields, whole_day: bool = False) -> Any:
 
 
 def _parse_stride(text: str, fields: Fields) -> Any:
+    if isinstance(fields.time_step, CalendarStep):
+        calendar = timeaxis.parse_stride(text)
+        if calendar is not None:  # 3M, 1Y, 6MS: a number of calendar months or years
+            return calendar
+        raise MinconvError(
+            f"--init-times: stride {text.strip()!r}: monthly/yearly data takes strides like 3M or 1Y"
+        )
     try:
         if fields.time_is_datetime:
             stride = pd.Timedelta(text.strip()).to_timedelta64().astype("timedelta64[ns]")
@@ -311,7 +337,9 @@ def _parse_stride(text: str, fields: Fields) -> Any:
 
 def _time_index(fields: Fields, value: Any) -> int:
     times = fields.times
-    if fields.time_is_datetime:
+    if timeaxis.is_cftime(times):
+        hits = np.flatnonzero(times == value)
+    elif fields.time_is_datetime:
         hits = np.flatnonzero(times.astype("datetime64[ns]") == value)
     else:
         scale = abs(float(fields.time_step)) if fields.time_step else 1.0
@@ -383,7 +411,26 @@ def store_template(
     coords: dict[str, Any] = {}
     init_values = fields.times[init_index]
     time_attrs = dict(ds[fields.time_dim].attrs)
-    if fields.time_is_datetime:
+    valid = None
+    if isinstance(step, CalendarStep) or timeaxis.is_cftime(init_values):
+        # a month is no fixed timedelta, and cftime + timedelta64 does not broadcast: leads in
+        # calendar units (climpred's convention) and the true valid times as a 2-D coordinate
+        time_attrs = {k: v for k, v in time_attrs.items() if k not in ("units", "calendar")}
+        leads = np.arange(1, steps + 1)
+        valid = timeaxis.shift(init_values[:, None], step, leads[None, :])
+        if isinstance(step, CalendarStep):
+            unit = "months" if step.unit == "month" else "years"
+            lead_values = (leads * step.count).astype(np.int64)
+            lead_attrs = {"long_name": "lead time", "units": unit, "time_step": step.label()}
+        else:
+            lead_values = (leads * step).astype("timedelta64[ns]")
+            lead_attrs = {"long_name": "lead time"}
+        coords[VALID] = (
+            (INIT_DIM, LEAD_DIM),
+            valid,
+            {"long_name": "valid time (init time + lead in the data's calendar)"},
+        )
+    elif fields.time_is_datetime:
         time_attrs = {k: v for k, v in time_attrs.items() if k not in ("units", "calendar")}
         lead_values = (np.arange(1, steps + 1) * step).astype("timedelta64[ns]")
         lead_attrs = {"long_name": "lead time"}
@@ -626,6 +673,8 @@ def rollout(
         fields = split_fields(fields, subset)
     order = check_against_checkpoint(fields, meta)
     step = time_step_of(meta)
+    if isinstance(step, CalendarStep) and isinstance(fields.time_step, CalendarStep):
+        step = fields.time_step  # the data's own stamps (month start, end or middle)
     job = Job(fields, order, select_init_times(init_times, fields, context, step), context, steps)
     sha = file_sha256(ckpt_path)
     init_labels = time_labels(fields.times[job.init_index])

@@ -150,3 +150,64 @@ def radar_dataset(n_time: int = 12, n: int = 512, blobs: int = 12, seed: int = 0
         },
         attrs={"title": "minconv synthetic radar-like test data"},
     )
+
+
+def month_stamps(n_months: int, start: str, calendar: str, stamp: str) -> np.ndarray:
+    """Monthly time stamps: at each month's start, end (last day 00:00) or midpoint (CMIP style).
+
+    `calendar="standard"` gives datetime64 (pandas); any other CF calendar gives cftime objects.
+    """
+    use_cftime = calendar != "standard"
+    starts = xr.date_range(
+        start, periods=n_months + 1, freq="MS", calendar=calendar, use_cftime=use_cftime
+    )
+    starts = np.asarray(starts)
+    if stamp == "start":
+        return starts[:-1]
+    if stamp == "end":
+        if not use_cftime:
+            return starts[1:] - np.timedelta64(1, "D")
+        return np.asarray([b - pd.Timedelta(1, "D").to_pytimedelta() for b in starts[1:]])
+    if not use_cftime:
+        return starts[:-1] + (starts[1:] - starts[:-1]) / 2
+    return np.asarray([a + (b - a) / 2 for a, b in zip(starts[:-1], starts[1:], strict=True)])
+
+
+def monthly_dataset(
+    n_months: int = 120,
+    n_lat: int = 8,
+    n_lon: int = 16,
+    start: str = "1970-01-01",
+    calendar: str = "standard",
+    stamp: str = "start",
+    seed: int = 0,
+) -> xr.Dataset:
+    """Monthly-mean SST-like fields on a lat/lon grid: a seasonal cycle plus a slow eastward wave,
+    NaN over a "land" block; month-start (or end / mid-month) stamps in the given calendar."""
+    rng = np.random.default_rng(seed)
+    time = month_stamps(n_months, start, calendar, stamp)
+    lat = np.linspace(-20.0, 20.0, n_lat)
+    lon = np.linspace(140.0, 260.0, n_lon)
+    m = np.arange(n_months)[:, None, None]
+    la = np.deg2rad(lat)[None, :, None]
+    lo = np.arange(n_lon)[None, None, :] / n_lon
+    season = 2.0 * np.sin(2 * np.pi * (m % 12) / 12) * np.sin(la)
+    wave = np.sin(2 * np.pi * (lo - m / 18.0))
+    values = 300.0 + season + wave + 0.05 * rng.standard_normal((n_months, n_lat, n_lon))
+    values = values.astype(np.float32)
+    values[:, : n_lat // 4, : n_lon // 4] = np.nan  # land
+    return xr.Dataset(
+        {
+            "sst": (
+                ("time", "lat", "lon"),
+                values,
+                {"units": "K", "long_name": "sea surface temperature"},
+            )
+        },
+        coords={
+            "time": ("time", time, {"standard_name": "time", "axis": "T"}),
+            "lat": ("lat", lat, {"units": "degrees_north", "standard_name": "latitude"}),
+            "lon": ("lon", lon, {"units": "degrees_east", "standard_name": "longitude"}),
+        },
+        attrs={"title": "minconv synthetic monthly SST test data"},
+    )

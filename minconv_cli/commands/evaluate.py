@@ -102,7 +102,7 @@ def _print_summary(scores: Scores, written: list[Path]) -> None:
     shown = [m for m in ("rmse", "acc") if m in metric_names] or metric_names[:1]
     n = table.sizes["lead"]
     picks = sorted({round(i * (n - 1) / 4) for i in range(5)}) if n > 5 else list(range(n))
-    leads = [format_lead(table["lead"].values[i]) for i in picks]
+    leads = [format_lead(table["lead"].values[i], table["lead"].attrs.get("units")) for i in picks]
     t = Table(title="scores", title_justify="left")
     for col in ("forecast", "variable", "metric", *leads):
         t.add_column(col, justify="right" if col in leads else "left", no_wrap=True)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.data import timeaxis
 from minconv_cli.errors import MinconvError
 
 
@@ -44,13 +45,17 @@ def jsonable(value: Any) -> Any:
 
 
 def regular_segments(times: np.ndarray, step: Any) -> list[tuple[int, int]]:
-    """Half-open index ranges [a, b) of consecutive times spaced exactly `step` apart."""
+    """Half-open index ranges [a, b) of consecutive times spaced exactly `step` apart
+    (a fixed step, or a `CalendarStep`: one month or year later in the axis' calendar)."""
     n = len(times)
     if n == 0:
         return []
     if n == 1 or step is None:
         return [(0, n)]
-    breaks = np.flatnonzero(np.diff(times) != step) + 1
+    if isinstance(step, timeaxis.CalendarStep) or timeaxis.is_cftime(times):
+        breaks = np.flatnonzero(~timeaxis.regular_pairs(times, step)) + 1
+    else:
+        breaks = np.flatnonzero(np.diff(times) != step) + 1
     edges = [0, *breaks.tolist(), n]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
@@ -108,7 +113,8 @@ class Fields:
 
     @property
     def time_is_datetime(self) -> bool:
-        return self.times.dtype.kind == "M"
+        """True for dates (datetime64, or cftime in any calendar), False for numeric time."""
+        return timeaxis.is_dated(self.times)
 
     @property
     def is_lazy(self) -> bool:
@@ -132,10 +138,14 @@ class Fields:
         return labels
 
     def time_index(self, time: Any) -> int:
-        """Index of a time value (datetime string/np.datetime64, or number); error if absent."""
+        """Index of a time value (datetime string/np.datetime64/cftime, or number); error if absent."""
         try:
-            value = np.datetime64(time, "ns") if self.time_is_datetime else float(time)
-            times = self.times.astype("datetime64[ns]") if self.time_is_datetime else self.times
+            if timeaxis.is_cftime(self.times):
+                value = timeaxis.parse_time(time, self.times) if isinstance(time, str) else time
+                times = self.times
+            else:
+                value = np.datetime64(time, "ns") if self.time_is_datetime else float(time)
+                times = self.times.astype("datetime64[ns]") if self.time_is_datetime else self.times
             hits = np.flatnonzero(times == value)
         except (TypeError, ValueError) as err:
             raise MinconvError(f"{self.path_label}: cannot read time {time!r} ({err})") from None

@@ -19,6 +19,7 @@ from minconv_cli.data.dims import (
 from minconv_cli.data.fields import Channel, Fields, jsonable
 from minconv_cli.data.memory import fits_in_memory, memory_budget
 from minconv_cli.data.remote import as_source, detect_url_format, is_url, open_url
+from minconv_cli.data.timeaxis import detect_step, spacings
 from minconv_cli.errors import MinconvError
 
 LOAD_BELOW_BYTES: int | None = None  # a fixed load threshold (tests); None: from the memory budget
@@ -165,6 +166,12 @@ def open_fields(
         if not ds[v].chunks and bool(ds[v].isnull().all()):
             raise MinconvError(f"{label}: variable {v!r} is all NaN")
     latlon = is_latitude(ds, y_dim) and is_longitude(ds, x_dim)
+    fit = detect_step(ds[time_dim].values)
+    if not fit.regular:
+        raise MinconvError(
+            f"{label}: irregular time axis: no fixed step and no calendar step (month, year) "
+            f"fits even half of its {fit.pairs} spacings (most common: {fit.summary})"
+        )
     return Fields(
         ds=ds,
         path_label=label,
@@ -175,7 +182,7 @@ def open_fields(
         level_dim=level_dim,
         channels=_channels(ds, selected, level_dim),
         static_channels=_static_channels(ds, static, label, level_dim, (y_dim, x_dim)),
-        time_step=_time_step(ds[time_dim].values),
+        time_step=fit.step,
         is_latlon=latlon,
         default_padding=default_padding(ds, y_dim, x_dim, latlon),
     )
@@ -253,7 +260,7 @@ def _dims_of(ds: xr.Dataset, names: Sequence[str]) -> list[str]:
 
 def _check_times(path: Path, times: np.ndarray) -> None:
     if len(times) > 1:
-        diffs = np.diff(times)
+        diffs = spacings(times)
         zero = np.zeros((), diffs.dtype)
         bad = np.flatnonzero(diffs <= zero)
         if len(bad):
@@ -288,16 +295,6 @@ def _check_same_grid(pa: Path, a: xr.Dataset, pb: Path, b: xr.Dataset, role: Map
             raise MinconvError(
                 f"{pb}: {dim!r} has {b.sizes.get(dim)} entries but {pa} has {a.sizes.get(dim)}"
             )
-
-
-def _time_step(times: np.ndarray) -> Any:
-    """The most common spacing of the times (np.timedelta64 or float); None for a single time."""
-    if len(times) < 2:
-        return None
-    diffs = np.diff(times)
-    values, counts = np.unique(diffs, return_counts=True)
-    step = values[np.argmax(counts)]
-    return step if times.dtype.kind == "M" else float(step)
 
 
 def _level_name(level: Any) -> str:
