@@ -116,7 +116,20 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
     printed = yaml.safe_load(result.stdout)
     assert printed["optim"] == {**printed["optim"], "weight_decay": 0.1, "lr": 0.004}
     assert printed["train"]["noise"] == 0.01
-    assert not (Path.cwd() / "runs").exists() or not any((Path.cwd() / "runs").iterdir())
+    assert [p.name for p in Path.cwd().iterdir()] == ["c.yaml"]  # nothing written where it ran
+
+
+def test_print_config_is_unaffected_by_an_earlier_run_in_the_working_directory(tmp_path):
+    # the README's order: `minconv train --out runs/sample`, then the tests, in the same folder
+    earlier = tmp_path / "runs" / "sample"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = invoke("--print-config")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["model"]["name"]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (earlier / "metrics.csv").read_text() == "epoch,loss\n1,0.5\n"
 
 
 def test_config_errors_are_one_line_naming_the_key(traj, tmp_path):
