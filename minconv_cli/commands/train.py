@@ -161,6 +161,12 @@ def train(
         None, "--seed", help="Seed of initialisation, shuffling and noise."
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="fp32, bf16 (autocast convolutions; recurrence and loss in fp32) or auto "
+        "(default: bf16 where the CPU/GPU has native bf16, else fp32).",
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Run directory. Default: runs/<model>-<date>-<time>."
     ),
@@ -203,6 +209,7 @@ def train(
         "train.batch_size": batch_size,
         "train.seed": seed,
         "train.device": device,
+        "train.precision": precision,
         "optim.lr": lr,
     }
     base = None

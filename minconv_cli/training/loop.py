@@ -26,6 +26,7 @@ from minconv_cli.checkpoint import data_meta, read_checkpoint, save_checkpoint
 from minconv_cli.config import Config
 from minconv_cli.errors import MinconvError
 from minconv_cli.models import count_parameters, create_model, widths_for_params
+from minconv_cli.precision import resolve_precision
 from minconv_cli.training import distributed
 from minconv_cli.training.data import TrainingData, data_paths, prepare_data
 from minconv_cli.training.distributed import Dist
@@ -153,6 +154,7 @@ class _Run:
         device: torch.device,
     ) -> None:
         self.config, self.info, self.device = config, info, device
+        self.precision = resolve_precision(config.train.precision, device, "train.precision")
         self.run_dir = RunDir(out)
         if info.is_main:
             self.run_dir.prepare(resume=resume, overwrite=overwrite)
@@ -206,6 +208,7 @@ class _Run:
             "context": self.config.train.context,
             "horizon": self.config.train.horizon,
             "config": self.config.to_dict(),
+            "precision": self.precision,
             "splits": {"train": d.train_spec, "val": d.val_spec, "paths": data_paths(self.config)},
             "epoch": epoch,
             "metrics": metrics,
@@ -297,7 +300,7 @@ class _Run:
                 self.data.normalizer,
                 self.device,
                 self.info,
-                t.amp,
+                self.precision,
             )
         finally:
             self.model.train()
@@ -326,7 +329,9 @@ class _Run:
             for batch in self.epoch_batches(p.epoch, p.step):
                 noise = _generator(t.seed, p.global_step, self.info.rank) if t.noise > 0 else None
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = training_loss(self.net, batch, t.context, horizon, t, self.device, noise)
+                loss = training_loss(
+                    self.net, batch, t.context, horizon, t, self.device, noise, self.precision
+                )
                 value = float(loss.detach())
                 if math.isfinite(value):
                     loss.backward()
@@ -419,6 +424,7 @@ class _Run:
             "steps": p.global_step,
             "seconds": round(p.elapsed, 2),
             "device": str(self.device),
+            "precision": self.precision,
             "world_size": self.info.world,
             "best_epoch": p.best_epoch,
             "best": best,
