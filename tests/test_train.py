@@ -178,6 +178,26 @@ def test_resume_refuses_another_model_and_a_missing_run(traj, tmp_path):
     assert "written by minconv 0.0.1" in error_line(invoke(traj, "--out", out, "--resume"))
 
 
+def test_bf16_training_is_recorded_and_an_old_amp_run_resumes_in_fp32(traj, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(traj, *TINY, "--precision", "bf16", "--out", out, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"] == "bf16"
+    meta = load_checkpoint(out / "model.pt").meta
+    assert meta["precision"] == "bf16" and meta["config"]["train"]["precision"] == "bf16"
+    # a run directory from before train.precision: its config says amp: false
+    raw, meta = read_checkpoint(out / "last.pt")
+    train = meta["config"]["train"]
+    train.pop("precision")
+    train["amp"] = False
+    torch.save({**raw, "meta_json": json.dumps(meta)}, out / "last.pt")
+    result = invoke(traj, "--out", out, "--resume", "--epochs", 2, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["precision"] == "fp32" and summary["epochs_completed"] == 2
+    assert "amp" not in yaml.safe_load((out / "config.yaml").read_text())["train"]
+
+
 def test_a_diverging_run_stops_with_a_clear_message(traj, tmp_path):
     result = invoke(
         traj, *TINY, "--epochs", 3, "--lr", "1e30", "--set", "train.clip_grad=null",
