@@ -259,6 +259,9 @@ def main() -> None:
     parser.add_argument("--grids", default="16,64", help="which T25 cases: 16, 64 (and T50 below)")
     parser.add_argument("--t50", action="store_true", help="also the 16x16 T50 teacher-forced case")
     parser.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated")
+    parser.add_argument(
+        "--no-conv-bound", action="store_true", help="skip timing each step's convs alone"
+    )
     parser.add_argument("--no-scans", action="store_true", help="skip the scan backends alone")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
@@ -301,15 +304,17 @@ def main() -> None:
         entry: dict[str, dict] = {}
         for (name, variant), case in variants.items():
             med = statistics.median(times[(name, variant)])
-            bound = conv_bound(case, 3)
+            bound = conv_bound(case, 3) if not args.no_conv_bound else {}
             entry.setdefault(name, {"params": count_parameters(case[0])})[variant] = {
                 "median_ms": med * 1000,
                 "times_ms": [t * 1000 for t in times[(name, variant)]],
                 **bound,
-                "conv_gflops_per_s": bound["conv_gflop"] / med,
-                "library_gflops_per_s": bound["conv_gflop"] / (bound["conv_bound_ms"] / 1000),
-                "efficiency": bound["conv_bound_ms"] / 1000 / med,
             }
+            if bound:
+                per = entry[name][variant]
+                per["conv_gflops_per_s"] = bound["conv_gflop"] / med
+                per["library_gflops_per_s"] = bound["conv_gflop"] / (bound["conv_bound_ms"] / 1000)
+                per["efficiency"] = bound["conv_bound_ms"] / 1000 / med
         for name, per in entry.items():
             for variant, e in per.items():
                 if not isinstance(e, dict):
@@ -358,9 +363,9 @@ def main() -> None:
                     f"{e['median_ms']:.0f}",
                     f"{e['speedup_vs_fp32']:.2f}" if e["speedup_vs_fp32"] else "",
                     f"{e['speed_vs_best_baseline_same_precision']:.2f}",
-                    f"{e['conv_gflops_per_s']:.1f}",
-                    f"{e['library_gflops_per_s']:.1f}",
-                    f"{e['efficiency']:.0%}",
+                    f"{e.get('conv_gflops_per_s', float('nan')):.1f}",
+                    f"{e.get('library_gflops_per_s', float('nan')):.1f}",
+                    f"{e.get('efficiency', float('nan')):.0%}",
                     f"{e.get('peak_rss_mb', float('nan')):.0f}",
                     f"{e['profile']['outside_conv_fraction']:.0%}" if "profile" in e else "",
                 )
