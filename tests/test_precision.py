@@ -56,3 +56,13 @@ def test_bf16_runs_the_convolutions_in_bf16_and_keeps_outputs_states_and_grads_f
     y.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and g.dtype == torch.float32 and g.isfinite().all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ["minconvgru", "minconvlstm", "minconvexplstm"])
+def test_the_in_place_inference_step_gives_the_same_numbers_as_the_autograd_step(name):
+    model = create_model(name, 2, width=6, layers=2, grid=(8, 8), padding="circular")
+    x = torch.randn(3, 7, 2, 8, 8)
+    with_grad = model(x, context=3)  # closed loop through `step` with autograd
+    with torch.inference_mode():
+        in_place = model(x, context=3)  # the same steps, gates computed in place
+    assert torch.equal(with_grad.detach(), in_place)
