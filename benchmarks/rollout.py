@@ -59,13 +59,34 @@ def make_case(
     return data, ckpt, count_parameters(net)
 
 
-def timed_rollout(data: Path, ckpt: Path, out: Path, steps: int, batch: int, repeats: int) -> dict:
-    """Median over `repeats` fresh rollouts of the total and per-phase seconds."""
-    runs = []
+def timed_rollout(
+    data: Path,
+    ckpt: Path,
+    out: Path,
+    steps: int,
+    batch: int,
+    repeats: int,
+    precisions: tuple[str, ...] = ("fp32",),
+) -> dict:
+    """Per precision, median over `repeats` fresh rollouts (precisions interleaved) of the total
+    and per-phase seconds."""
+    runs: dict[str, list] = {p: [] for p in precisions}
     for _ in range(repeats):
-        result = rollout(ckpt, [data], steps, out, batch_size=batch, mode="overwrite", device="cpu")
-        runs.append({"seconds": result.seconds, **result.timings})
-    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for p in precisions:
+            result = rollout(
+                ckpt,
+                [data],
+                steps,
+                out,
+                batch_size=batch,
+                mode="overwrite",
+                device="cpu",
+                precision=p,
+            )
+            runs[p].append({"seconds": result.seconds, **result.timings})
+    return {
+        p: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for p, rs in runs.items()
+    }
 
 
 def main() -> None:
@@ -73,11 +94,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small models, few steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated fp32, bf16")
+    parser.add_argument("--grids", default="16,64", help="comma-separated grid sizes")
+    parser.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated")
+    parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
+    precisions = tuple(args.precisions.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
     params, layers, context, steps = 175_000, 4, 10, 20
     sequences = {16: 32, 64: 4}  # per grid: a few seconds of work per rollout
+    sequences = {g: n for g, n in sequences.items() if str(g) in args.grids.split(",")}
     if args.quick:
         params, steps, args.repeats = 20_000, 5, 1
     rows, scaling = [], {}
@@ -85,29 +112,35 @@ def main() -> None:
         tmp = Path(tmp_name)
         (tmp / "lin").mkdir()
         for grid, samples in sequences.items():
-            for name in MODEL_NAMES:
+            for name in args.models.split(","):
                 data, ckpt, n_params = make_case(tmp, name, grid, params, layers, context, samples)
-                t = timed_rollout(data, ckpt, tmp / "fc.zarr", steps, samples, args.repeats)
-                frames = samples * steps
-                rows.append(
-                    {
-                        "model": name,
-                        "grid": f"{grid}x{grid}",
-                        "params": n_params,
-                        "sequences": samples,
-                        "frames": frames,
-                        "seconds": t["seconds"],
-                        "frames_per_s": frames / t["seconds"],
-                        "model_frames_per_s": frames / t["model"],
-                        "write_share": t["write"] / t["seconds"],
-                        "read_share": t["read"] / t["seconds"],
-                    }
+                per = timed_rollout(
+                    data, ckpt, tmp / "fc.zarr", steps, samples, args.repeats, precisions
                 )
-                console.log(f"{name} {grid}x{grid}: {frames / t['seconds']:.1f} frames/s")
+                frames = samples * steps
+                for precision, t in per.items():
+                    rows.append(
+                        {
+                            "model": name,
+                            "grid": f"{grid}x{grid}",
+                            "precision": precision,
+                            "params": n_params,
+                            "sequences": samples,
+                            "frames": frames,
+                            "seconds": t["seconds"],
+                            "frames_per_s": frames / t["seconds"],
+                            "model_frames_per_s": frames / t["model"],
+                            "write_share": t["write"] / t["seconds"],
+                            "read_share": t["read"] / t["seconds"],
+                        }
+                    )
+                    console.log(
+                        f"{name} {grid}x{grid} {precision}: {frames / t['seconds']:.1f} frames/s"
+                    )
         # linearity: the same 8 initial conditions, 10x the steps
         data, ckpt, _ = make_case(tmp / "lin", "minconvgru", 16, params, layers, context, 8)
-        short = timed_rollout(data, ckpt, tmp / "fc.zarr", steps, 8, args.repeats)
-        long = timed_rollout(data, ckpt, tmp / "fc.zarr", 10 * steps, 8, args.repeats)
+        short = timed_rollout(data, ckpt, tmp / "fc.zarr", steps, 8, args.repeats)["fp32"]
+        long = timed_rollout(data, ckpt, tmp / "fc.zarr", 10 * steps, 8, args.repeats)["fp32"]
         scaling = {
             "model": "minconvgru",
             "grid": "16x16",
@@ -119,13 +152,24 @@ def main() -> None:
             "target": LINEARITY_TARGET,
         }
     table = Table(title=f"minconv rollout: {steps} steps, context {context}, CPU")
-    columns = ("model", "grid", "params", "seqs", "frames/s", "model only", "write", "read")
+    columns = (
+        "model",
+        "grid",
+        "precision",
+        "params",
+        "seqs",
+        "frames/s",
+        "model only",
+        "write",
+        "read",
+    )
     for col in columns:
         table.add_column(col, justify="left" if col in ("model", "grid") else "right")
     for r in rows:
         table.add_row(
             r["model"],
             r["grid"],
+            r["precision"],
             f"{r['params']:,}",
             str(r["sequences"]),
             f"{r['frames_per_s']:.1f}",
@@ -140,8 +184,8 @@ def main() -> None:
         f"{10 * steps} vs {steps} steps: {scaling['ratio_total']:.2f}x the time "
         f"({scaling['ratio_model']:.2f}x in the model; target <= {LINEARITY_TARGET:.0f}x)"
     )
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
                 "benchmark": "rollout",
@@ -152,6 +196,7 @@ def main() -> None:
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
                     "cpus": os.cpu_count(),
+                    "load_average_at_end": list(os.getloadavg()),
                 },
                 "settings": {
                     "params": params,
@@ -172,7 +217,7 @@ def main() -> None:
         )
         + "\n"
     )
-    console.log(f"wrote {RESULT}")
+    console.log(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from minconv_cli.models.cells import CELL_BACKENDS
 from minconv_cli.models.network import PREDICTS
 from minconv_cli.models.padding import CYLINDER_PADS, PADDINGS
 from minconv_cli.models.registry import MODEL_NAMES, NORM_CHOICES
+from minconv_cli.precision import PRECISIONS
 
 
 def _choice(default: str, choices: tuple[str, ...]) -> Any:
@@ -85,7 +87,7 @@ class TrainConfig:
     )
     curriculum_start: int = 1
     patience: int | None = None  # early stopping: epochs without a better validation
-    amp: bool = False  # bf16 autocast (CUDA only)
+    precision: str = _choice("auto", PRECISIONS)  # auto: bf16 where the hardware has it
     compile: bool = False  # torch.compile (CUDA only)
     num_workers: int = 0  # DataLoader worker processes
 
@@ -217,6 +219,30 @@ def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+CHECKPOINT_SOURCE = "checkpoint config"
+
+
+def _legacy(layer: dict, source: str) -> dict:
+    """`train.amp` (before `train.precision`) read as precision bf16 (true) or fp32 (false), so
+    old config files and run directories keep working; a note for files, not for old runs."""
+    train = layer.get("train")
+    if not isinstance(train, dict) or "amp" not in train:
+        return layer
+    train = dict(train)
+    amp = train.pop("amp")
+    if not isinstance(amp, bool):
+        raise MinconvError(f"{source}: train.amp: expected bool, got {type(amp).__name__} {amp!r}")
+    train.setdefault("precision", "bf16" if amp else "fp32")
+    if source != CHECKPOINT_SOURCE:
+        warnings.warn(
+            f"{source}: train.amp is deprecated, read as train.precision={train['precision']} "
+            "(use train.precision: fp32, bf16 or auto)",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return {**layer, "train": train}
+
+
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
@@ -330,7 +356,8 @@ def resolve_config(
     if given:
         layers.append(("command line", nest(given)))
     if base is not None:
-        layers.insert(0, ("checkpoint config", base))
+        layers.insert(0, (CHECKPOINT_SOURCE, base))
+    layers = [(source, _legacy(layer, source)) for source, layer in layers]
     merged: dict = Config().to_dict()
     for source, layer in layers:
         _build(Config, layer, "", source)  # name the layer that holds a bad key
@@ -344,4 +371,5 @@ def resolve_config(
 
 def config_from_dict(values: dict, source: str = "config") -> Config:
     """A validated Config from a (possibly partial) nested dict, e.g. one stored in a checkpoint."""
+    values = _legacy(values, CHECKPOINT_SOURCE)
     return validate(_build(Config, _merge(Config().to_dict(), values), "", source), source)

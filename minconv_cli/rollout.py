@@ -364,16 +364,20 @@ def forecast(
     static: np.ndarray | None,
     steps: int,
     device: Any = "cpu",
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Leads 1..steps in physical units (B, steps, C, H, W) from context frames (B, K, C, H, W).
 
     The context is ingested in parallel mode; its last output is lead 1, then `model.step` runs
-    steps-1 times carrying the state, so the cost is linear in `steps`.
+    steps-1 times carrying the state, so the cost is linear in `steps`. `precision` (resolved:
+    fp32 or bf16) is that of the convolutions; state and outputs are fp32.
     """
     import torch
 
+    from minconv_cli.precision import autocast
+
     x, _ = normalizer.normalize(frames)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         st = None
         if static is not None and static.shape[0]:
@@ -382,12 +386,12 @@ def forecast(
             )
             st = s.unsqueeze(0).expand(xt.shape[0], *s.shape).contiguous()
         y, state = model(xt, context=xt.shape[1], static=st, return_state=True)
-        pred = y[:, -1]
-        leads = [pred]
-        for _ in range(steps - 1):
+        leads = y.new_empty(y.shape[0], steps, *y.shape[2:])  # filled in place, lead by lead
+        pred = leads[:, 0] = y[:, -1]
+        for i in range(1, steps):
             pred, state = model.step(pred, state, static=st)
-            leads.append(pred)
-        out = normalizer.denormalize(torch.stack(leads, dim=1))
+            leads[:, i] = pred
+        out = normalizer.denormalize(leads)
         return out.float().cpu().numpy()
 
 
@@ -513,6 +517,7 @@ def read_done(path: Path, settings: dict) -> np.ndarray:
         old = json.loads(existing.attrs[SETTINGS_ATTR])
         if DONE not in existing.coords or not isinstance(old, dict):
             raise ValueError("no minconv_done flags")
+        old.setdefault("precision", "fp32")  # stores from before --precision were fp32
     except Exception as err:  # unreadable, or not made by minconv rollout
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise MinconvError(
@@ -571,6 +576,18 @@ def _runs(items: Sequence[tuple[int, ...]]):
 
 
 # --------------------------------------------------------------------------- the command
+
+
+def _stored_precision(path: Path) -> str:
+    """The precision an existing store was made with (fp32 before it was recorded); `auto` when
+    the store cannot be read (resuming then fails with its own message)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            attrs = xr.open_zarr(path, consolidated=None).attrs
+        return str(json.loads(attrs[SETTINGS_ATTR]).get("precision", "fp32"))
+    except Exception:
+        return "auto"
 
 
 def file_sha256(path: Path) -> str:
@@ -644,6 +661,7 @@ def rollout(
     zarr_format: int = 2,
     mode: str = "create",
     device: str = "auto",
+    precision: str = "auto",
     command: str = "",
     progress: Progress | None = None,
 ) -> RolloutResult:
@@ -653,15 +671,20 @@ def rollout(
     `trajectory=150:200`, a time range `START/END`).
     mode: `create` (refuse an existing `out`), `overwrite` (replace it once the new store is
     complete) or `resume` (fill in what an interrupted run with the same settings left out).
-    Everything is checked before anything is written.
+    `precision`: fp32, bf16 or auto (bf16 where the device has native bf16; when resuming,
+    auto keeps the store's own precision). Everything is checked before anything is written.
     """
     from minconv_cli.checkpoint import load_checkpoint
+    from minconv_cli.precision import resolve_precision
 
     started = time.perf_counter()
     out, data = local_path(out, "--out"), [as_source(p) for p in data]
     _check_request(steps, batch_size, zarr_format, mode, out, data)
     ckpt_path = local_path(checkpoint, "CHECKPOINT")
     dev = resolve_device(device)
+    if precision == "auto" and mode == "resume" and out.exists():
+        precision = _stored_precision(out)
+    precision = resolve_precision(precision, dev, "--precision")
     loaded = load_checkpoint(ckpt_path, map_location=dev)
     meta = loaded.meta
     check_meta(meta, ckpt_path)
@@ -688,6 +711,7 @@ def rollout(
         "subset": subset,
         "variables": fields.variables,
         "data": [p if is_url(p) else str(p.resolve()) for p in data],
+        "precision": precision,
     }
     attrs = {
         "minconv_version": __version__,
@@ -697,6 +721,7 @@ def rollout(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": str(meta["model"].get("name", "")),
         "context": context,
+        "precision": precision,
         "source": ", ".join(str(p) for p in data),
         SETTINGS_ATTR: json.dumps(settings),
     }
@@ -726,7 +751,7 @@ def rollout(
         t0 = time.perf_counter()
         frames = job.context_frames(batch)
         t1 = time.perf_counter()
-        values = forecast(model, normalizer, frames, static, steps, dev)
+        values = forecast(model, normalizer, frames, static, steps, dev, precision)
         # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
         values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
         t2 = time.perf_counter()

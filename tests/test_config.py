@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import yaml
 
@@ -102,6 +104,26 @@ def test_bad_files_are_named(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert resolve_config(empty) == resolve_config()
+
+
+def test_precision_defaults_to_auto_and_the_old_amp_key_still_reads(tmp_path):
+    assert resolve_config().train.precision == "auto"
+    assert resolve_config(options={"train.precision": "bf16"}).train.precision == "bf16"
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  amp: true\n")
+    with pytest.warns(FutureWarning, match="train.amp is deprecated.*precision=bf16"):
+        cfg = resolve_config(old)
+    assert cfg.train.precision == "bf16" and "amp" not in cfg.to_dict()["train"]
+    # an old run's stored config (amp: false, no precision) resumes in fp32, silently
+    stored = Config().to_dict()
+    stored["train"].pop("precision")
+    stored["train"]["amp"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_config(base=stored).train.precision == "fp32"
+        assert config_from_dict(stored).train.precision == "fp32"
+    with pytest.raises(MinconvError, match="train.precision: expected one of fp32, bf16, auto"):
+        resolve_config(overrides=["train.precision=fp16"])
 
 
 def test_a_single_name_is_accepted_where_a_list_is_expected():

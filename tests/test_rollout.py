@@ -30,6 +30,7 @@ from minconv_cli.rollout import select_init_times
 
 runner = CliRunner()
 CONTEXT = 4
+FP32 = ("--precision", "fp32")  # bit-for-bit comparisons with model.forward (which runs in fp32)
 
 
 def make_checkpoint(
@@ -132,6 +133,8 @@ def test_rollout_reproduces_the_closed_loop_of_model_forward(latlon, tmp_path):
         spec,
         "--batch-size",
         3,
+        "--precision",
+        "fp32",
         "--quiet",
     )
     assert result.exit_code == 0, result.output
@@ -143,10 +146,41 @@ def test_rollout_reproduces_the_closed_loop_of_model_forward(latlon, tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_bf16_rollout_stays_close_to_fp32_and_is_recorded(latlon, tmp_path):
+    data, ckpt, _, fields, _ = latlon
+    args = ["--steps", 6, "--init-times", "2000-01-08,2000-01-12", "--quiet"]
+    stores = {}
+    for precision in ("fp32", "bf16"):
+        stores[precision] = tmp_path / f"{precision}.zarr"
+        result = invoke(ckpt, data, *args, "--precision", precision, "--out", stores[precision])
+        assert result.exit_code == 0, result.output
+    a, b = xr.open_zarr(stores["fp32"]), xr.open_zarr(stores["bf16"])
+    for var in ("z", "t"):
+        diff = np.abs(a[var].values - b[var].values)
+        assert diff.max() > 0  # the convolutions did run in bf16
+        assert diff.max() < 0.02 * float(fields.ds[var].std())  # bf16: ~3 significant digits
+    assert b.attrs["precision"] == "bf16"
+    assert json.loads(b.attrs["minconv_rollout"])["precision"] == "bf16"
+    assert "--precision bf16" in b.attrs["command"]
+    line = one_error_line(
+        invoke(ckpt, data, *args, "--precision", "fp32", "--out", stores["bf16"], "--resume")
+    )
+    assert "precision" in line
+    # auto on resume keeps the store's own precision, whatever this machine would pick
+    resumed = invoke(ckpt, data, *args, "--out", stores["bf16"], "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["skipped"] == 2
+    line = one_error_line(
+        invoke(ckpt, data, *args, "--precision", "nope", "--out", tmp_path / "x.zarr")
+    )
+    assert "--precision: expected one of fp32, bf16, auto, got 'nope'" in line
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_every_trajectory_is_a_sequence_with_its_own_forecast(trajectories, tmp_path):
     data, ckpt, net, fields, normalizer = trajectories
     steps, out = 5, tmp_path / "ns.zarr"
-    result = invoke(ckpt, data, "--steps", steps, "--out", out, "--batch-size", 3, "--quiet")
+    result = invoke(ckpt, data, "--steps", steps, "--out", out, "--batch-size", 3, *FP32, "--quiet")
     assert result.exit_code == 0, result.output
     fc = xr.open_zarr(out)
     # default for trajectory data: the first time with a full context, for every trajectory
@@ -163,7 +197,7 @@ def test_every_trajectory_is_a_sequence_with_its_own_forecast(trajectories, tmp_
 def test_subset_forecasts_only_the_chosen_trajectories(trajectories, tmp_path):
     data, ckpt, net, fields, normalizer = trajectories
     out = tmp_path / "test.zarr"
-    result = invoke(ckpt, data, "--steps", 2, "--out", out, "--subset", "split=test", "--json")
+    result = invoke(ckpt, data, "--steps", 2, "--out", out, "--subset", "split=test", *FP32)
     assert result.exit_code == 0, result.output
     fc = xr.open_zarr(out)
     assert fc["trajectory"].values.tolist() == [2] and fc["split"].values.tolist() == ["test"]
@@ -184,7 +218,7 @@ def test_levels_statics_and_missing_cells(tmp_path):
     net, fields, normalizer = make_checkpoint(data, ckpt, static=["orography"])
     out, steps, init = tmp_path / "fc.zarr", 3, 6
     spec = str(fields.times[init])[:10]
-    result = invoke(ckpt, data, "--steps", steps, "--out", out, "--init-times", spec, "--quiet")
+    result = invoke(ckpt, data, "--steps", steps, "--out", out, "--init-times", spec, *FP32)
     assert result.exit_code == 0, result.output
     fc = xr.open_zarr(out)
     assert fc["t"].dims == ("time", "prediction_timedelta", "level", "latitude", "longitude")

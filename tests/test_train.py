@@ -116,7 +116,20 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
     printed = yaml.safe_load(result.stdout)
     assert printed["optim"] == {**printed["optim"], "weight_decay": 0.1, "lr": 0.004}
     assert printed["train"]["noise"] == 0.01
-    assert not (Path.cwd() / "runs").exists() or not any((Path.cwd() / "runs").iterdir())
+    assert [p.name for p in Path.cwd().iterdir()] == ["c.yaml"]  # nothing written where it ran
+
+
+def test_print_config_is_unaffected_by_an_earlier_run_in_the_working_directory(tmp_path):
+    # the README's order: `minconv train --out runs/sample`, then the tests, in the same folder
+    earlier = tmp_path / "runs" / "sample"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = invoke("--print-config")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["model"]["name"]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (earlier / "metrics.csv").read_text() == "epoch,loss\n1,0.5\n"
 
 
 def test_config_errors_are_one_line_naming_the_key(traj, tmp_path):
@@ -163,6 +176,26 @@ def test_resume_refuses_another_model_and_a_missing_run(traj, tmp_path):
         {**meta_raw, "meta_json": json.dumps({**meta, "minconv_version": "0.0.1"})}, out / "last.pt"
     )
     assert "written by minconv 0.0.1" in error_line(invoke(traj, "--out", out, "--resume"))
+
+
+def test_bf16_training_is_recorded_and_an_old_amp_run_resumes_in_fp32(traj, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(traj, *TINY, "--precision", "bf16", "--out", out, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"] == "bf16"
+    meta = load_checkpoint(out / "model.pt").meta
+    assert meta["precision"] == "bf16" and meta["config"]["train"]["precision"] == "bf16"
+    # a run directory from before train.precision: its config says amp: false
+    raw, meta = read_checkpoint(out / "last.pt")
+    train = meta["config"]["train"]
+    train.pop("precision")
+    train["amp"] = False
+    torch.save({**raw, "meta_json": json.dumps(meta)}, out / "last.pt")
+    result = invoke(traj, "--out", out, "--resume", "--epochs", 2, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["precision"] == "fp32" and summary["epochs_completed"] == 2
+    assert "amp" not in yaml.safe_load((out / "config.yaml").read_text())["train"]
 
 
 def test_a_diverging_run_stops_with_a_clear_message(traj, tmp_path):

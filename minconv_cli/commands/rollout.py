@@ -51,6 +51,12 @@ def rollout(
     device: str = typer.Option(
         "auto", "--device", help="torch device: auto, cpu, cuda, cuda:1, ..."
     ),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="fp32, bf16 (autocast convolutions, state in fp32) or auto (bf16 where the device "
+        "has native bf16, else fp32; on --resume, the store's own).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -69,7 +75,7 @@ def rollout(
     for flag, value in (("--init-times", init_times), ("--subset", subset), ("--context", context)):
         if value is not None:
             words += [flag, value]
-    words += ["--batch-size", batch_size, "--zarr-format", zarr_format]
+    words += ["--batch-size", batch_size, "--zarr-format", zarr_format, "--precision", precision]
     words += [f"--{mode}"] if mode != "create" else []
     command = shlex.join(map(str, words))  # the effective request, however it was invoked
     with progress_bar("rollout", quiet) as report:
@@ -85,6 +91,7 @@ def rollout(
             zarr_format=zarr_format,
             mode=mode,
             device=device,
+            precision=precision,
             command=command,
             progress=report,
         )

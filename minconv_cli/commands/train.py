@@ -197,6 +197,12 @@ def train(
         help="Memory the data may use, e.g. 8GB: smaller data is loaded, larger is read in blocks "
         "from disk. Default: half the available memory.",
     ),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="fp32, bf16 (autocast convolutions; recurrence and loss in fp32) or auto "
+        "(default: bf16 where the CPU/GPU has native bf16, else fp32).",
+    ),
     out: str | None = typer.Option(
         None, "--out", "-o", help="Run directory. Default: runs/<model>-<date>-<time>."
     ),
@@ -244,6 +250,7 @@ def train(
         "train.seed": seed,
         "train.device": device,
         "data.memory_limit": memory_limit,
+        "train.precision": precision,
         "optim.lr": lr,
     }
     base = None

@@ -54,7 +54,7 @@ class MinConvCell(nn.Module):
         self, x: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         T, B = x.shape[:2]
-        u = self.conv(x.reshape(T * B, *x.shape[2:]))
+        u = self.conv(x.reshape(T * B, *x.shape[2:])).float()  # bf16 under autocast: gates in fp32
         u = u.view(T, B, *u.shape[1:])
         if self.backend in ("auto", "fused"):
             h = gated_recurrence(*self.logits(u), state)
@@ -66,9 +66,17 @@ class MinConvCell(nn.Module):
     def step(
         self, x: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        s, p = self.logits(self.conv(x))
-        z = torch.sigmoid(s)
-        h = z * g(p) if state is None else torch.lerp(state, g(p), z)
+        u = self.conv(x)
+        if torch.is_grad_enabled() or u.dtype != torch.float32:
+            s, p = self.logits(u.float())
+            z = torch.sigmoid(s)
+            h = z * g(p) if state is None else torch.lerp(state, g(p), z)
+            return h, h
+        # inference: the gates in place in the conv output, one new tensor (h) per step
+        s, p = self.logits(u)
+        z = s.sigmoid_()
+        cand = torch.maximum(torch.sigmoid(p), p.add_(0.5), out=p)
+        h = cand.mul_(z) if state is None else torch.lerp(state, cand, z)
         return h, h
 
     def init_state(self, batch: int, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -99,8 +107,8 @@ class ConvGRUCell(_StepwiseCell):
 
     def step(self, x: torch.Tensor, state: torch.Tensor | None):
         h = state if state is not None else x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
-        z, r = torch.sigmoid(self.gates_conv(torch.cat([x, h], dim=1))).chunk(2, dim=1)
-        cand = torch.tanh(self.cand_conv(torch.cat([x, r * h], dim=1)))
+        z, r = torch.sigmoid(self.gates_conv(torch.cat([x, h], dim=1)).float()).chunk(2, dim=1)
+        cand = torch.tanh(self.cand_conv(torch.cat([x, r * h], dim=1)).float())
         h = torch.lerp(h, cand, z)
         return h, h
 
@@ -131,7 +139,7 @@ class ConvLSTMCell(_StepwiseCell):
             zeros = x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
             state = (zeros, zeros)
         h, c = state
-        i, f, o, cand = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        i, f, o, cand = self.conv(torch.cat([x, h], dim=1)).float().chunk(4, dim=1)
         if self.peep is not None:
             i = i + self.peep[0] * c
             f = f + self.peep[1] * c

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minconv_cli.models.cells import MIN_KINDS, ConvGRUCell, ConvLSTMCell, MinConvCell
+from minconv_cli.precision import full_precision
 
 NORMS = ("layer", "instance", "group", "none")
 PREDICTS = ("next", "increment")
@@ -143,7 +144,8 @@ class RecurrentForecaster(nn.Module):
         inp = frames
         if static is not None and self.static_channels:
             inp = torch.cat([frames, static.unsqueeze(0).expand(T, -1, -1, -1, -1)], dim=2)
-        x = self.encoder(inp.reshape(T * B, *inp.shape[2:]))
+        with full_precision(inp):  # 1x1 maps: cheap, and the fed-back prediction stays fp32
+            x = self.encoder(inp.reshape(T * B, *inp.shape[2:]).float())
         new_states = []
         for cell, proj, norm, state in zip(
             self.cells, self.projections, self.norms, states, strict=True
@@ -155,7 +157,8 @@ class RecurrentForecaster(nn.Module):
                 h = h.reshape(T * B, *h.shape[2:])
             x = norm(proj(x) + h)
             new_states.append(state)
-        y = self.decoder(x).view(T, B, self.out_channels, *x.shape[2:])
+        with full_precision(x):
+            y = self.decoder(x.float()).view(T, B, self.out_channels, *x.shape[2:])
         if self.predict == "increment":
             y = y + frames
         return y, new_states

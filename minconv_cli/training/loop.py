@@ -32,6 +32,7 @@ from minconv_cli.models import (
     grid_norm_parameters,
     widths_for_params,
 )
+from minconv_cli.precision import resolve_precision
 from minconv_cli.training import distributed
 from minconv_cli.training.budget import Budget, spread
 from minconv_cli.training.data import TrainingData, data_paths, prepare_data
@@ -182,6 +183,7 @@ class _Run:
         # the time budget counts from here (setup included), or from when the command started
         self.t0 = time.monotonic() if started is None else started
         self.config, self.info, self.device = config, info, device
+        self.precision = resolve_precision(config.train.precision, device, "train.precision")
         self.run_dir = RunDir(out)
         if info.is_main:
             self.run_dir.prepare(resume=resume, overwrite=overwrite)
@@ -247,6 +249,7 @@ class _Run:
             "context": self.config.train.context,
             "horizon": self.config.train.horizon,
             "config": self.config.to_dict(),
+            "precision": self.precision,
             "splits": {"train": d.train_spec, "val": d.val_spec, "paths": data_paths(self.config)},
             "epoch": epoch,
             "metrics": metrics,
@@ -389,7 +392,7 @@ class _Run:
                 self.data.normalizer,
                 self.device,
                 self.info,
-                t.amp,
+                self.precision,
             )
         finally:
             self.model.train()
@@ -421,7 +424,9 @@ class _Run:
             for batch in self.epoch_batches(p.epoch, p.step):
                 noise = _generator(t.seed, p.global_step, self.info.rank) if t.noise > 0 else None
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = training_loss(self.net, batch, t.context, horizon, t, self.device, noise)
+                loss = training_loss(
+                    self.net, batch, t.context, horizon, t, self.device, noise, self.precision
+                )
                 value = float(loss.detach())
                 if math.isfinite(value):
                     loss.backward()
@@ -537,6 +542,7 @@ class _Run:
                 "seconds": round(self.budget.validation_seconds, 3),
             },
             "device": str(self.device),
+            "precision": self.precision,
             "world_size": self.info.world,
             "best_epoch": p.best_epoch,
             "best": best,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -11,14 +10,8 @@ import torch
 
 from minconv_cli.config import TrainConfig
 from minconv_cli.data import Normalizer
+from minconv_cli.precision import autocast
 from minconv_cli.training.distributed import Dist, all_reduce_sum
-
-
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when asked; nothing elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def split_window(
@@ -41,13 +34,15 @@ def training_loss(
     cfg: TrainConfig,
     device: torch.device,
     noise: torch.Generator | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Masked MSE over the teacher-forced and closed-loop outputs, weighted by tf_weight/cl_weight;
-    gradients flow through the closed loop. Input noise (cfg.noise) comes from the `noise` generator."""
+    gradients flow through the closed loop. Input noise (cfg.noise) comes from the `noise` generator.
+    `precision` (resolved: fp32 or bf16) is the model's; the loss is always fp32."""
     inputs, targets, mask, static = split_window(batch, context, horizon, device)
     if cfg.noise > 0 and noise is not None:
         inputs = inputs + cfg.noise * torch.randn(inputs.shape, generator=noise).to(device)
-    with autocast(device, cfg.amp):
+    with autocast(device, precision):
         y = model(inputs, context, static=static)
     sq = (y.float() - targets) ** 2 * mask
     weight = mask.float()
@@ -118,7 +113,7 @@ def validate(
     normalizer: Normalizer,
     device: torch.device,
     info: Dist,
-    amp: bool = False,
+    precision: str = "fp32",
 ) -> Validation:
     """RMSE of the model and of persistence (the last observed frame) on the same windows, summed
     over this rank's windows and reduced over ranks."""
@@ -132,7 +127,7 @@ def validate(
     std = torch.as_tensor(normalizer.std, dtype=torch.float32, device=device)[:, None, None]
     for batch in batches:
         inputs, targets, mask, static = split_window(batch, context, horizon, device)
-        with autocast(device, amp):
+        with autocast(device, precision):
             y = model(inputs, context, static=static)
         pred = y.float() * std + mean
         truth = targets * std + mean
