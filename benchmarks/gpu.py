@@ -394,6 +394,16 @@ def describe(device: torch.device) -> dict:
     return info
 
 
+def save(result: dict, path: Path | None) -> None:
+    """Write the results JSON atomically (nowhere when `path` is None)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -421,8 +431,14 @@ def main() -> None:
         official, note = load_official(args.official)
         note = note or f"official code from {args.official}"
     console.print(note)
+    path = args.out or (RESULT if device.type == "cuda" else None)
     result = describe(device) | {"repeats": repeats, "official": note}
     plans = {
+        "kernel": [
+            (c, d)
+            for c in (QUICK["kernel"] if args.quick else KERNEL_CASES)
+            for d in (torch.float32, torch.bfloat16)
+        ],
         "train": [
             (c, p)
             for c in (QUICK["train"] if args.quick else TRAIN_CASES)
@@ -432,11 +448,6 @@ def main() -> None:
             (c, p)
             for c in (QUICK["rollout"] if args.quick else ROLLOUT_CASES)
             for p in ("fp32", "bf16")
-        ],
-        "kernel": [
-            (c, d)
-            for c in (QUICK["kernel"] if args.quick else KERNEL_CASES)
-            for d in (torch.float32, torch.bfloat16)
         ],
     }
     with Progress(console=console, transient=True) as progress:
@@ -456,6 +467,7 @@ def main() -> None:
                     entry = run(case, variant, repeats, device, official)
                     key = f"{label(case, section)} | {variant}"
                 result[section][key] = entry
+                save(result, path)  # what is measured survives a time limit
                 progress.advance(task)
     result["targets"] = targets(result)
     out = console if args.json else Console(width=160)
@@ -476,12 +488,8 @@ def main() -> None:
         out.print(table)
     for name, t in result["targets"].items():
         out.print(f"target {name}: {json.dumps(t)}")
-    path = args.out or (RESULT if device.type == "cuda" else None)
+    save(result, path)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
         console.print(f"wrote {path}")
     if args.json:
         print(json.dumps(result, indent=2))
