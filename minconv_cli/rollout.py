@@ -22,6 +22,7 @@ import xarray as xr
 
 from minconv_cli import __version__
 from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields, split_fields
+from minconv_cli.data.remote import as_source, is_url, local_path
 from minconv_cli.errors import MinconvError
 
 DONE = "minconv_done"
@@ -610,9 +611,9 @@ def rollout(
     from minconv_cli.checkpoint import load_checkpoint
 
     started = time.perf_counter()
-    out, data = Path(out), [Path(p) for p in data]
+    out, data = local_path(out, "--out"), [as_source(p) for p in data]
     _check_request(steps, batch_size, zarr_format, mode, out, data)
-    ckpt_path = Path(checkpoint)
+    ckpt_path = local_path(checkpoint, "CHECKPOINT")
     dev = resolve_device(device)
     loaded = load_checkpoint(ckpt_path, map_location=dev)
     meta = loaded.meta
@@ -637,7 +638,7 @@ def rollout(
         "samples": fields.n_samples,
         "subset": subset,
         "variables": fields.variables,
-        "data": [str(p.resolve()) for p in data],
+        "data": [p if is_url(p) else str(p.resolve()) for p in data],
     }
     attrs = {
         "minconv_version": __version__,
@@ -702,7 +703,12 @@ def rollout(
 
 
 def _check_request(
-    steps: int, batch_size: int, zarr_format: int, mode: str, out: Path, data: list[Path]
+    steps: int,
+    batch_size: int,
+    zarr_format: int,
+    mode: str,
+    out: Path,
+    data: Sequence[str | Path],
 ) -> None:
     """Option values and the output path, before anything is opened."""
     if mode not in ("create", "overwrite", "resume"):
@@ -719,7 +725,7 @@ def _check_request(
         raise MinconvError(
             f"{out}: already exists; use --overwrite to replace it or --resume to complete it"
         )
-    if any(out.resolve() == p.resolve() for p in data):
+    if any(out.resolve() == p.resolve() for p in data if isinstance(p, Path)):
         raise MinconvError(f"{out}: is also an input file")
 
 
