@@ -9,20 +9,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minconv_cli.models.gates import g, gated_recurrence, update_logit
+from minconv_cli.models.gates import FUSED_BACKENDS, fused_recurrence, g, update_logit
 from minconv_cli.models.padding import GridConv2d
 from minconv_cli.scan import linear_recurrence
 
 MIN_KINDS = {"minconvgru": "gru", "minconvlstm": "lstm", "minconvexplstm": "explstm"}
-CELL_BACKENDS = ("auto", "fused", "linear", "log")
+CELL_BACKENDS = ("auto", "fused", "triton", "linear", "log")
 
 
 class MinConvCell(nn.Module):
     """h_t = (1 - z_t) h_{t-1} + z_t g(p_t), gates from one conv of the input x_t only.
 
     Teacher-forced sequences: one batched conv over all T*B frames, then the scan (`fused`: one
-    autograd function for gates + recurrence; `linear`/`log`: explicit a, b through
-    `linear_recurrence`). `auto` is `fused`.
+    autograd function for gates + recurrence; `triton`: the same as Triton kernels;
+    `linear`/`log`: explicit a, b through `linear_recurrence`). `auto` is `triton` on CUDA where
+    Triton is installed, else `fused`.
     """
 
     def __init__(
@@ -56,8 +57,8 @@ class MinConvCell(nn.Module):
         T, B = x.shape[:2]
         u = self.conv(x.reshape(T * B, *x.shape[2:])).float()  # bf16 under autocast: gates in fp32
         u = u.view(T, B, *u.shape[1:])
-        if self.backend in ("auto", "fused"):
-            h = gated_recurrence(*self.logits(u), state)
+        if self.backend in FUSED_BACKENDS:
+            h = fused_recurrence(self.backend, *self.logits(u), state)
         else:
             a, b = self.gates(u)
             h = linear_recurrence(a, b, state, dim=0, backend=self.backend)

@@ -6,6 +6,9 @@ z_t = sigmoid(s_t); the cells differ only in the logit s (see `update_logit`).
 
 from __future__ import annotations
 
+import functools
+import importlib
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -37,8 +40,51 @@ def update_logit(kind: str, gates: list[torch.Tensor]) -> torch.Tensor:
 
 
 def gated_recurrence(s: torch.Tensor, p: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """h_t = lerp(h_{t-1}, g(p_t), sigmoid(s_t)) along dim 0, fused; saves only s, p and h."""
+    """h_t = lerp(h_{t-1}, g(p_t), sigmoid(s_t)) along dim 0, fused; saves only s, p and h.
+
+    The reference for every fused backend. An `h0` of another dtype (a float32 state under bf16
+    autocast) is cast to p's dtype first, differentiably.
+    """
+    if h0 is not None and h0.dtype != p.dtype:
+        h0 = h0.to(p.dtype)
     return _GatedRecurrence.apply(s, p, h0)
+
+
+FUSED_BACKENDS = ("auto", "fused", "triton")
+
+
+@functools.cache
+def _triton_module():
+    """minconv_cli.models.triton_recurrence, or the reason it cannot be used (a string)."""
+    try:
+        return importlib.import_module("minconv_cli.models.triton_recurrence")
+    except ImportError as error:
+        return f"Triton is not installed ({error}); pip install triton"
+
+
+def fused_backend(backend: str, device: torch.device) -> str:
+    """The kernel a fused backend name means on `device`: `auto` is `triton` on CUDA where Triton
+    imports, else `fused` (the per-step torch ops, the reference and the CPU path)."""
+    if backend not in FUSED_BACKENDS:
+        raise ValueError(
+            f"fused backend: expected one of {', '.join(FUSED_BACKENDS)}, got {backend!r}"
+        )
+    if backend == "auto":
+        usable = device.type == "cuda" and not isinstance(_triton_module(), str)
+        return "triton" if usable else "fused"
+    return backend
+
+
+def fused_recurrence(
+    backend: str, s: torch.Tensor, p: torch.Tensor, h0: torch.Tensor | None
+) -> torch.Tensor:
+    """`gated_recurrence` through the kernel `fused_backend(backend, p.device)` names."""
+    if fused_backend(backend, p.device) == "fused":
+        return gated_recurrence(s, p, h0)
+    module = _triton_module()
+    if isinstance(module, str):
+        raise ValueError(f"scan_backend 'triton': {module}")
+    return module.gated_recurrence(s, p, h0)
 
 
 class _GatedRecurrence(torch.autograd.Function):
