@@ -17,7 +17,8 @@ def rollout(
     ),
     data: list[Path] = typer.Argument(
         ...,
-        help="NetCDF file(s) or Zarr store(s) holding the initial conditions and their context frames.",
+        help="NetCDF file(s) or Zarr store(s) holding the initial conditions and their context "
+        "frames. Leading .pt files are more checkpoints: an ensemble over them.",
     ),
     steps: int = typer.Option(..., "--steps", "-n", help="Lead times to forecast (model steps)."),
     out: Path = typer.Option(..., "--out", "-o", help="Forecast Zarr store to write."),
@@ -51,26 +52,58 @@ def rollout(
     device: str = typer.Option(
         "auto", "--device", help="torch device: auto, cpu, cuda, cuda:1, ..."
     ),
+    members: int | None = typer.Option(
+        None,
+        "--members",
+        "-m",
+        help="Ensemble members (a 'number' dim in the store): member 0 of each checkpoint is its "
+        "unperturbed control, the others start from perturbed context frames. Default: none "
+        "(deterministic), or one per checkpoint when several are given.",
+    ),
+    perturbation: float = typer.Option(
+        0.1,
+        "--perturbation",
+        help="Ensemble perturbation: Gaussian noise on each context frame, x the training std.",
+    ),
+    perturbation_smoothing: float = typer.Option(
+        0.0,
+        "--perturbation-smoothing",
+        help="Spatial correlation of the perturbations: Gaussian smoothing over this many grid "
+        "cells (0: white noise).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the ensemble perturbations."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Roll a trained model forward from initial conditions and write a WeatherBench 2-style Zarr forecast."""
+    from minconv_cli.ensemble import split_checkpoints
     from minconv_cli.errors import MinconvError
     from minconv_cli.rollout import rollout as run_rollout
 
+    checkpoints, data = split_checkpoints(checkpoint, data)
+    ensemble = members is not None or len(checkpoints) > 1
     if overwrite and resume:
         raise MinconvError("--overwrite and --resume: choose one")
     mode = "overwrite" if overwrite else "resume" if resume else "create"
-    words = ["minconv", "rollout", checkpoint, *data, "--steps", steps, "--out", out]
+    words = ["minconv", "rollout", *checkpoints, *data, "--steps", steps, "--out", out]
     for flag, value in (("--init-times", init_times), ("--subset", subset), ("--context", context)):
         if value is not None:
             words += [flag, value]
     words += ["--batch-size", batch_size, "--zarr-format", zarr_format]
+    if ensemble:
+        words += ["--members", members if members is not None else len(checkpoints)]
+        words += [
+            "--perturbation",
+            perturbation,
+            "--perturbation-smoothing",
+            perturbation_smoothing,
+        ]
+        words += ["--seed", seed]
     words += [f"--{mode}"] if mode != "create" else []
     command = shlex.join(map(str, words))  # the effective request, however it was invoked
     with progress_bar("rollout", quiet) as report:
         result = run_rollout(
-            checkpoint,
+            checkpoints,
             data,
             steps,
             out,
@@ -83,11 +116,17 @@ def rollout(
             device=device,
             command=command,
             progress=report,
+            members=members,
+            perturbation=perturbation,
+            perturbation_smoothing=perturbation_smoothing,
+            seed=seed,
         )
     if json_out:
         print_json(result.to_dict())
     elif not quiet:
         console.print(
-            f"wrote {result.path}: {len(result.init_times)} init time(s) x {result.samples} sample(s), "
+            f"wrote {result.path}: {len(result.init_times)} init time(s) x {result.samples} sample(s)"
+            + (f" x {result.members} member(s)" if result.members else "")
+            + ", "
             f"{result.steps} steps, {', '.join(result.variables)} in {result.seconds:.1f} s"
         )
