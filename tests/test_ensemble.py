@@ -231,3 +231,52 @@ def test_cli_scores_a_rollout_ensemble_with_spread_on_the_plot_and_a_rank_histog
         assert nc.rank_histogram.dims == ("forecast", "variable", "lead", "rank")
         assert nc.rank_histogram.sizes["rank"] == 5
         np.testing.assert_allclose(nc.rank_histogram.sel(forecast="ens").sum("rank"), 1)
+
+
+# --------------------------------------------------------------------------- training option
+
+
+def test_the_training_loss_is_fair_crps_over_members_in_the_closed_loop(tmp_path):
+    import torch
+
+    from minconv_cli.config import TrainConfig
+    from minconv_cli.models import create_model
+    from minconv_cli.training.ensemble_loss import fair_crps
+    from minconv_cli.training.steps import training_loss
+
+    torch.manual_seed(0)
+    members, truth = torch.randn(2, 4, 3, 5), torch.randn(2, 3, 5)
+    hand = [hand_crps(members[b].numpy(), truth[b].numpy(), fair=True) for b in range(2)]
+    np.testing.assert_allclose(fair_crps(members, truth).numpy(), np.stack(hand), rtol=1e-5)
+
+    # without noise every member is the deterministic forecast: CRPS = |error|, MSE unchanged
+    net = create_model("minconvgru", 1, width=4, layers=1, grid=(6, 6), padding="zeros").eval()
+    x = torch.randn(3, 6, 1, 6, 6)
+    batch = {"x": x, "mask": torch.ones_like(x, dtype=torch.bool), "static": torch.zeros(3, 0)}
+    cfg = TrainConfig(context=3, horizon=2, ensemble_members=3, ensemble_noise=0.0)
+    with torch.no_grad():
+        y = net(x[:, :5], 3)
+        tf = ((y[:, :3] - x[:, 1:4]) ** 2).mean()
+        cl = (y[:, 3:] - x[:, 4:6]).abs().mean()
+        got = training_loss(net, batch, 3, 2, cfg, torch.device("cpu"), torch.Generator())
+    np.testing.assert_allclose(float(got), float((tf + cl) / 2), rtol=1e-5)
+
+
+def test_training_with_ensemble_members_runs_and_bad_values_are_one_line(tmp_path):
+    from factories import trajectory_dataset
+
+    data = tmp_path / "traj.nc"
+    trajectory_dataset(n_traj=5, n_time=10, n=8, splits=["train"] * 3 + ["val", "test"]).to_netcdf(
+        data
+    )
+    args = ["train", str(data), "--context", "3", "--horizon", "2", "--epochs", "1", "--width", "4"]
+    ok = runner.invoke(
+        app, [*args, "--set", "train.ensemble_members=2", "--out", str(tmp_path / "r"), "-q"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "r" / "model.pt").exists()
+    bad = runner.invoke(
+        app, [*args, "--set", "train.ensemble_members=0", "--out", str(tmp_path / "b")]
+    )
+    assert bad.exit_code == 1 and "train.ensemble_members" in bad.stderr
+    assert len([ln for ln in bad.stderr.splitlines() if ln.strip()]) == 1

@@ -44,6 +44,10 @@ def training_loss(
 ) -> torch.Tensor:
     """Masked MSE over the teacher-forced and closed-loop outputs, weighted by tf_weight/cl_weight;
     gradients flow through the closed loop. Input noise (cfg.noise) comes from the `noise` generator."""
+    if cfg.ensemble_members > 1:
+        from minconv_cli.training.ensemble_loss import ensemble_loss
+
+        return ensemble_loss(model, batch, context, horizon, cfg, device, noise)
     inputs, targets, mask, static = split_window(batch, context, horizon, device)
     if cfg.noise > 0 and noise is not None:
         inputs = inputs + cfg.noise * torch.randn(inputs.shape, generator=noise).to(device)
