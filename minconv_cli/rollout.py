@@ -721,8 +721,14 @@ def rollout(
         for start in range(0, len(mine), batch_size):
             batch = mine[start : start + batch_size]
             t0 = time.perf_counter()
-            frames = job.context_frames(batch)
-            if spec is not None:
+            if spec is None:
+                frames = job.context_frames(batch)
+            else:  # members of one (init, sample) share their frames: read them once
+                first = {
+                    (i, s): n for n, (i, s) in enumerate(dict.fromkeys((i, s) for i, s, _ in batch))
+                }
+                read = job.context_frames([(i, s, None) for i, s in first])
+                frames = read[[first[(i, s)] for i, s, _ in batch]]
                 keys = [(int(job.init_index[i]), s, pos[1]) for i, s, pos in batch]
                 frames = perturb(frames, normalizer.std, spec, keys)
             t1 = time.perf_counter()
