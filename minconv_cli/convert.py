@@ -16,6 +16,7 @@ import xarray as xr
 
 from minconv_cli.data.dims import find_roles
 from minconv_cli.data.open import detect_format, open_dataset
+from minconv_cli.data.remote import as_source, is_url, local_path, zarr_format_of_url
 from minconv_cli.errors import MinconvError
 
 Progress = Callable[[int, int], None]
@@ -86,7 +87,7 @@ def convert(
     NumPy input (.npy/.npz) needs `dims`; `coords` values are `START:STEP`, `START:STOP:STEP`,
     a datetime `START:FREQ` (e.g. `2000-01-01:6h`) or a .npy/.txt file of values.
     """
-    src, dst = Path(src), Path(dst)
+    src, dst = as_source(src), local_path(dst, "DST")
     fmt = output_format(dst, to)
     if zarr_format not in (None, 2, 3):
         raise MinconvError(f"--zarr-format: expected 2 or 3, got {zarr_format}")
@@ -94,13 +95,21 @@ def convert(
         raise MinconvError("--zarr-format: only applies to Zarr output")
     if dst.exists() and not overwrite:
         raise MinconvError(f"{dst}: already exists (use --overwrite to replace it)")
-    if src.suffix.lower() in NUMPY_SUFFIXES:
+    if Path(src).suffix.lower() in NUMPY_SUFFIXES:
+        if is_url(src):
+            raise MinconvError(f"{src}: NumPy input must be a local file (URLs: Zarr stores only)")
         ds, src_fmt = _from_numpy(src, dims, coords, name), "numpy"
     else:
         if dims or coords or name:
             raise MinconvError("--dims/--coords/--name: only apply to NumPy (.npy/.npz) input")
         ds, src_fmt = open_dataset(src), detect_format(src)
-    src_zarr_format = _zarr_format_of(src) if src_fmt == "zarr" else None
+    src_zarr_format = (
+        None
+        if src_fmt != "zarr"
+        else zarr_format_of_url(src)
+        if is_url(src)
+        else _zarr_format_of(src)
+    )
     target_zarr = zarr_format or src_zarr_format or 3
     ds = _apply_attrs(ds, attrs or {}, src)
     ds = _select(ds, src, variables, time)

@@ -116,15 +116,15 @@ def is_checkpoint_path(path: str | Path) -> bool:
 
 def split_checkpoints(
     checkpoint: str | Path, data: Sequence[str | Path]
-) -> tuple[list[Path], list[Path]]:
-    """`rollout A.pt [B.pt ...] DATA...`: the leading checkpoint files, then the data files."""
-    ckpts, rest = [Path(checkpoint)], list(data)
+) -> tuple[list[str | Path], list[str | Path]]:
+    """`rollout A.pt [B.pt ...] DATA...`: the leading checkpoint files, then the data (as given)."""
+    ckpts, rest = [checkpoint], list(data)
     while rest and is_checkpoint_path(rest[0]):
-        ckpts.append(Path(rest.pop(0)))
+        ckpts.append(rest.pop(0))
     late = [str(p) for p in rest if is_checkpoint_path(p)]
     if late:
         raise MinconvError(f"{late[0]}: checkpoints must come before the data files")
-    return ckpts, [Path(p) for p in rest]
+    return ckpts, rest
 
 
 def check_same_data(metas: Sequence[dict], paths: Sequence[Path]) -> None:

@@ -24,6 +24,7 @@ from dask.callbacks import Callback
 from minconv_cli import __version__, metrics
 from minconv_cli.data import Fields, open_dataset, open_fields, split_fields
 from minconv_cli.data.dims import find_roles, is_latitude, is_longitude, recognise_dims
+from minconv_cli.data.remote import as_source, is_url
 from minconv_cli.ensemble import (
     ENSEMBLE_METRICS,
     MEMBER_DIM,
@@ -63,7 +64,7 @@ class ForecastStore:
     """One forecast store in WeatherBench 2 layout, with its dims recognised."""
 
     name: str
-    path: Path
+    path: str | Path  # a local path or a URL
     ds: xr.Dataset
     variables: list[str]
     y_dim: str
@@ -77,17 +78,17 @@ class ForecastStore:
         return self.ds[LEAD_DIM].dtype.kind == "m"
 
 
-def parse_compare(spec: str) -> tuple[str, Path]:
-    """`NAME=PATH` or `PATH` (named by the file's stem) of a `--compare` forecast."""
+def parse_compare(spec: str) -> tuple[str, str | Path]:
+    """`NAME=PATH` or `PATH` (named by the file's stem) of a `--compare` forecast; PATH may be a URL."""
     name, sep, path = spec.partition("=")
     if sep and name and "/" not in name and os.sep not in name:
-        return name, Path(path)
-    return Path(spec).stem, Path(spec)
+        return name, as_source(path)
+    return Path(spec).stem, as_source(spec)
 
 
 def open_forecast(path: str | Path, name: str | None = None) -> ForecastStore:
     """Open a forecast store lazily and check its WeatherBench 2 layout (one-line errors)."""
-    path = Path(path)
+    path = as_source(path)
     ds = open_dataset(path)
     missing = [d for d in (INIT_DIM, LEAD_DIM) if d not in ds.dims]
     if missing:
@@ -109,7 +110,7 @@ def open_forecast(path: str | Path, name: str | None = None) -> ForecastStore:
             f"{path}: {LEAD_DIM} must be timedelta or numeric, not {ds[LEAD_DIM].dtype}"
         )
     return ForecastStore(
-        name=name or path.stem,
+        name=name or Path(path).stem,
         path=path,
         ds=ds,
         variables=variables,
@@ -376,7 +377,9 @@ def climatology_from_truth(
     return Climatology(out, _roles_of(truth), source, explicit=period is not None)
 
 
-def climatology_from_file(path: Path, variables: Sequence[str], datetime_time: bool) -> Climatology:
+def climatology_from_file(
+    path: str | Path, variables: Sequence[str], datetime_time: bool
+) -> Climatology:
     """A climatology file: per variable (dayofyear[, hour], [level], y, x) (WeatherBench 2), or (y, x)."""
     ds = open_dataset(path)
     allowed = {"dayofyear", "hour"} if datetime_time else set()
@@ -568,7 +571,7 @@ def evaluate(
     clim = None
     if "climatology" in refs or "acc" in wanted:
         if climatology is not None:
-            clim = climatology_from_file(Path(climatology), variables, fields.time_is_datetime)
+            clim = climatology_from_file(as_source(climatology), variables, fields.time_is_datetime)
         else:
             first_init = main.ds[INIT_DIM].values.min()
             clim = climatology_from_truth(fields, variables, climatology_period, first_init)
@@ -748,9 +751,10 @@ def _assemble(
 
 
 def default_out_dir(forecast: str | Path) -> Path:
-    """`FORECAST_scores/` beside the forecast (`runs/fc.zarr` -> `runs/fc_scores`)."""
+    """`FORECAST_scores/` beside the forecast (`runs/fc.zarr` -> `runs/fc_scores`); for a URL
+    forecast, `fc_scores/` in the current directory."""
     p = Path(forecast)
-    return p.parent / f"{p.stem}_scores"
+    return Path(f"{p.stem}_scores") if is_url(forecast) else p.parent / f"{p.stem}_scores"
 
 
 def output_paths(out_dir: Path, plot: Path | None) -> list[Path]:

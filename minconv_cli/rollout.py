@@ -22,6 +22,7 @@ import xarray as xr
 
 from minconv_cli import __version__
 from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields, split_fields
+from minconv_cli.data.remote import as_source, is_url, local_path
 from minconv_cli.errors import MinconvError
 
 DONE = "minconv_done"
@@ -623,10 +624,9 @@ def rollout(
     from minconv_cli.ensemble import EnsembleSpec, add_member_dim, check_same_data, perturb
 
     started = time.perf_counter()
-    paths = (
-        [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else list(map(Path, checkpoint))
-    )
-    out, data = Path(out), [Path(p) for p in data]
+    names = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    paths = [local_path(c, "CHECKPOINT") for c in names]
+    out, data = local_path(out, "--out"), [as_source(p) for p in data]
     spec = None
     if members is not None or len(paths) > 1:
         spec = EnsembleSpec(
@@ -669,7 +669,7 @@ def rollout(
         "samples": fields.n_samples,
         "subset": subset,
         "variables": fields.variables,
-        "data": [str(p.resolve()) for p in data],
+        "data": [p if is_url(p) else str(p.resolve()) for p in data],
     }
     if spec is not None:  # only ensembles record these: deterministic stores stay as they were
         settings["ensemble"] = {**spec.settings(), "checkpoints_sha256": shas}
@@ -760,7 +760,12 @@ def rollout(
 
 
 def _check_request(
-    steps: int, batch_size: int, zarr_format: int, mode: str, out: Path, data: list[Path]
+    steps: int,
+    batch_size: int,
+    zarr_format: int,
+    mode: str,
+    out: Path,
+    data: Sequence[str | Path],
 ) -> None:
     """Option values and the output path, before anything is opened."""
     if mode not in ("create", "overwrite", "resume"):
@@ -777,7 +782,7 @@ def _check_request(
         raise MinconvError(
             f"{out}: already exists; use --overwrite to replace it or --resume to complete it"
         )
-    if any(out.resolve() == p.resolve() for p in data):
+    if any(out.resolve() == p.resolve() for p in data if isinstance(p, Path)):
         raise MinconvError(f"{out}: is also an input file")
 
 

@@ -30,8 +30,10 @@ def _names(text: str | None) -> list[str] | None:
 
 @user_errors
 def convert(
-    src: Path = typer.Argument(..., help="Input: NetCDF file, Zarr store, or NumPy .npy/.npz."),
-    dst: Path = typer.Argument(..., help="Output: .nc or .zarr (or any name with --to)."),
+    src: str = typer.Argument(
+        ..., help="Input: NetCDF file, Zarr store or its URL, or NumPy .npy/.npz."
+    ),
+    dst: str = typer.Argument(..., help="Output: .nc or .zarr (or any name with --to); local."),
     to: str = typer.Option(
         None, "--to", help="Output format: netcdf or zarr (default: from DST's extension)."
     ),
@@ -97,7 +99,7 @@ def convert(
         result = run_convert(src, dst, **options)
     else:
         with Progress(
-            TextColumn(f"converting {src.name} → {dst.name}"),
+            TextColumn(f"converting {Path(src).name} → {Path(dst).name}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total} chunks"),
             TimeElapsedColumn(),

@@ -16,12 +16,19 @@ if TYPE_CHECKING:
 
 @user_errors
 def evaluate(
-    forecast: Path = typer.Argument(..., help="Forecast Zarr store (WeatherBench 2 layout)."),
-    truth: list[Path] = typer.Argument(
-        ..., help="NetCDF file(s) or Zarr store(s) with the observed fields (joined along time)."
+    forecast: str = typer.Argument(
+        ..., help="Forecast Zarr store or its URL (WeatherBench 2 layout)."
+    ),
+    truth: list[str] = typer.Argument(
+        ...,
+        help="NetCDF file(s), Zarr store(s) or Zarr URL(s) with the observed fields (joined along "
+        "time).",
     ),
     compare: list[str] = typer.Option(
-        [], "--compare", "-c", help="Another forecast to score: PATH or NAME=PATH (repeatable)."
+        [],
+        "--compare",
+        "-c",
+        help="Another forecast to score: PATH or NAME=PATH (repeatable; PATH may be a URL).",
     ),
     metrics: str = typer.Option(
         "rmse,mae,bias,acc,rel_l2", "--metrics", "-m", help="Comma-separated metrics."
@@ -31,10 +38,10 @@ def evaluate(
         "--references",
         help="Reference forecasts from the truth: persistence, climatology (or '' for none).",
     ),
-    climatology: Path | None = typer.Option(
+    climatology: str | None = typer.Option(
         None,
         "--climatology",
-        help="Climatology file: per variable (dayofyear[, hour], y, x), or (y, x).",
+        help="Climatology file or Zarr URL: per variable (dayofyear[, hour], y, x), or (y, x).",
     ),
     climatology_period: str | None = typer.Option(
         None,
@@ -42,10 +49,10 @@ def evaluate(
         help="START/END of the truth to build the climatology from (default: the truth before "
         "the first init time; numeric time: the whole truth).",
     ),
-    out: Path | None = typer.Option(
+    out: str | None = typer.Option(
         None, "--out", "-o", help="Directory for the scores (default: FORECAST_scores beside it)."
     ),
-    plot: Path | None = typer.Option(
+    plot: str | None = typer.Option(
         None, "--plot", help="PNG of error against lead time (default: OUT/scores.png)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing score files."),
@@ -53,23 +60,26 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
     """Score a forecast store against observations (RMSE, MAE, bias, ACC, relative L2, skill)."""
+    from minconv_cli.data.remote import as_source, local_path
     from minconv_cli.evaluate import check_outputs, default_out_dir, write_reports
     from minconv_cli.evaluate import evaluate as run_evaluate
 
-    out_dir = out or default_out_dir(forecast)
-    check_outputs(out_dir, plot, overwrite)
+    source = as_source(forecast)
+    out_dir = local_path(out, "--out") if out else default_out_dir(source)
+    plot_path = local_path(plot, "--plot") if plot else None
+    check_outputs(out_dir, plot_path, overwrite)
     with progress_bar("scoring", quiet) as report:
         scores = run_evaluate(
-            forecast,
-            truth,
+            source,
+            [as_source(p) for p in truth],
             compare=compare,
             metrics_=metrics,
             references=references,
-            climatology=climatology,
+            climatology=None if climatology is None else as_source(climatology),
             climatology_period=climatology_period,
             progress=report,
         )
-    written = write_reports(scores, out_dir, plot)
+    written = write_reports(scores, out_dir, plot_path)
     if json_out:
         print_json(scores.records)
     if not quiet:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 import typer
 
@@ -12,16 +11,16 @@ from minconv_cli.commands._common import console, print_json, progress_bar, user
 
 @user_errors
 def rollout(
-    checkpoint: Path = typer.Argument(
+    checkpoint: str = typer.Argument(
         ..., help="Checkpoint file (model.pt) written by `minconv train`."
     ),
-    data: list[Path] = typer.Argument(
+    data: list[str] = typer.Argument(
         ...,
-        help="NetCDF file(s) or Zarr store(s) holding the initial conditions and their context "
-        "frames. Leading .pt files are more checkpoints: an ensemble over them.",
+        help="NetCDF file(s), Zarr store(s) or Zarr URL(s) holding the initial conditions and their "
+        "context frames. Leading .pt files are more checkpoints: an ensemble over them.",
     ),
     steps: int = typer.Option(..., "--steps", "-n", help="Lead times to forecast (model steps)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Forecast Zarr store to write."),
+    out: str = typer.Option(..., "--out", "-o", help="Forecast Zarr store to write (local)."),
     init_times: str | None = typer.Option(
         None,
         "--init-times",
@@ -76,16 +75,20 @@ def rollout(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Roll a trained model forward from initial conditions and write a WeatherBench 2-style Zarr forecast."""
+    from minconv_cli.data.remote import as_source, local_path
     from minconv_cli.ensemble import split_checkpoints
     from minconv_cli.errors import MinconvError
     from minconv_cli.rollout import rollout as run_rollout
 
     checkpoints, data = split_checkpoints(checkpoint, data)
+    checkpoint_paths = [local_path(c, "CHECKPOINT") for c in checkpoints]
     ensemble = members is not None or len(checkpoints) > 1
+    out_path = local_path(out, "--out")
+    sources = [as_source(p) for p in data]
     if overwrite and resume:
         raise MinconvError("--overwrite and --resume: choose one")
     mode = "overwrite" if overwrite else "resume" if resume else "create"
-    words = ["minconv", "rollout", *checkpoints, *data, "--steps", steps, "--out", out]
+    words = ["minconv", "rollout", *checkpoint_paths, *sources, "--steps", steps, "--out", out_path]
     for flag, value in (("--init-times", init_times), ("--subset", subset), ("--context", context)):
         if value is not None:
             words += [flag, value]
@@ -103,10 +106,10 @@ def rollout(
     command = shlex.join(map(str, words))  # the effective request, however it was invoked
     with progress_bar("rollout", quiet) as report:
         result = run_rollout(
-            checkpoints,
-            data,
+            checkpoint_paths,
+            sources,
             steps,
-            out,
+            out_path,
             init_times=init_times,
             subset=subset,
             context=context,

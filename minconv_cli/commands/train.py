@@ -102,9 +102,10 @@ def _table(summary: dict[str, Any]) -> Table:
 
 @user_errors
 def train(
-    data: list[Path] | None = typer.Argument(
+    data: list[str] | None = typer.Argument(
         None,
-        help="NetCDF file(s)/Zarr store(s), joined along time. Default: the bundled Navier-Stokes sample.",
+        help="NetCDF file(s)/Zarr store(s) or Zarr URL(s) (https://, s3://, gs://), joined along "
+        "time. Default: the bundled Navier-Stokes sample.",
     ),
     config_file: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
     sets: list[str] | None = typer.Option(
@@ -161,7 +162,7 @@ def train(
         None, "--seed", help="Seed of initialisation, shuffling and noise."
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    out: Path | None = typer.Option(
+    out: str | None = typer.Option(
         None, "--out", "-o", help="Run directory. Default: runs/<model>-<date>-<time>."
     ),
     resume: bool = typer.Option(
@@ -177,9 +178,11 @@ def train(
     """Train a forecasting model; writes model.pt, last.pt, config.yaml, metrics.csv and summary.json."""
     from minconv_cli.checkpoint import read_checkpoint
     from minconv_cli.config import resolve_config
+    from minconv_cli.data.remote import as_source, local_path
     from minconv_cli.errors import MinconvError
     from minconv_cli.training import train_model
 
+    out = None if out is None else local_path(out, "--out")
     if width is not None and params is not None:
         raise MinconvError("--width and --params: give one of them")
     if resume and overwrite:
@@ -187,7 +190,7 @@ def train(
     if resume and out is None:
         raise MinconvError("--resume: needs --out RUN_DIR (the run to continue)")
     options = {
-        "data.paths": [str(p) for p in data] if data else None,
+        "data.paths": [str(as_source(p)) for p in data] if data else None,
         "data.variables": _names(variables),
         "data.static": _names(static),
         "data.train_period": train_period,

@@ -17,6 +17,7 @@ from minconv_cli.data.dims import (
     recognise_dims,
 )
 from minconv_cli.data.fields import Channel, Fields, jsonable
+from minconv_cli.data.remote import as_source, detect_url_format, is_url, open_url
 from minconv_cli.errors import MinconvError
 
 LOAD_BELOW_BYTES = 256 * 2**20
@@ -25,6 +26,8 @@ NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 
 def detect_format(path: str | Path) -> str:
     """`"netcdf"` or `"zarr"` from the extension, the store layout or the file's magic bytes."""
+    if is_url(path):
+        return detect_url_format(str(path))
     p = Path(path)
     if not p.exists():
         raise MinconvError(f"{p}: no such file or directory")
@@ -48,13 +51,16 @@ def detect_format(path: str | Path) -> str:
 def open_dataset(path: str | Path, chunks: Any = "auto-store") -> xr.Dataset:
     """Open one NetCDF file or Zarr store lazily (dask chunks as stored); one-line errors.
 
-    `chunks="auto-store"` keeps the store's own chunks; `None` opens without dask.
+    `chunks="auto-store"` keeps the store's own chunks; `None` opens without dask. A URL string
+    (https://, s3://, gs://, ...) opens the Zarr store there (see `minconv_cli.data.remote`).
     """
+    kw: dict[str, Any] = {"chunks": {} if chunks == "auto-store" else chunks}
+    if is_url(path):
+        return open_url(str(path), kw["chunks"])
     p = Path(path)
     fmt = detect_format(p)
     if p.name in ("zarr.json", ".zgroup"):
         p = p.parent
-    kw: dict[str, Any] = {"chunks": {} if chunks == "auto-store" else chunks}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,7 +92,7 @@ def open_fields(
     """Open, recognise, check and join data files into `Fields` (lazy unless under 256 MB)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    paths = [Path(p) for p in paths]
+    paths = [as_source(p) for p in paths]
     if not paths:
         raise ValueError("open_fields: no paths given")
     opened = _merge_variable_files([(p, open_dataset(p)) for p in paths])
