@@ -81,6 +81,8 @@ class TrainConfig:
     tf_weight: float = 1.0  # loss weight of the teacher-forced steps
     cl_weight: float = 1.0  # loss weight of the closed-loop steps
     noise: float = 0.0  # std of Gaussian noise on the inputs (normalised units; paper: 0.01)
+    ensemble_members: int = 1  # >1: run each window this often with input noise, CRPS closed loop
+    ensemble_noise: float = 0.1  # std of those members' input noise (normalised units)
     clip_grad: float | None = 1.0  # max gradient norm; None: no clipping
     curriculum_epochs: int = (
         0  # >0: horizon grows from curriculum_start to horizon over these epochs
@@ -308,6 +310,8 @@ def validate(config: Config, source: str = "config") -> Config:
         (t.batch_size >= 1, "train.batch_size", "must be at least 1"),
         (t.max_time is None or t.max_time > 0, "train.max_time", "must be positive seconds"),
         (t.noise >= 0, "train.noise", "must be 0 or more"),
+        (t.ensemble_members >= 1, "train.ensemble_members", "must be at least 1"),
+        (t.ensemble_noise >= 0, "train.ensemble_noise", "must be 0 or more"),
         (t.tf_weight >= 0 and t.cl_weight >= 0, "train.tf_weight/cl_weight", "must be >= 0"),
         (t.tf_weight + t.cl_weight > 0, "train.tf_weight/cl_weight", "cannot both be 0"),
         (t.clip_grad is None or t.clip_grad > 0, "train.clip_grad", "must be positive or null"),

@@ -26,6 +26,14 @@ from minconv_cli.data import Fields, open_dataset, open_fields, split_fields, ti
 from minconv_cli.data.dims import find_roles, is_latitude, is_longitude, recognise_dims
 from minconv_cli.data.remote import as_source, is_url
 from minconv_cli.data.timeaxis import CalendarStep
+from minconv_cli.ensemble import (
+    ENSEMBLE_METRICS,
+    MEMBER_DIM,
+    RANK_DIM,
+    RANK_HISTOGRAM,
+    ensemble_scores,
+    plot_rank_histograms,
+)
 from minconv_cli.errors import MinconvError
 
 INIT_DIM = "time"
@@ -38,6 +46,7 @@ METRICS = ("rmse", "mae", "bias", "acc", "rel_l2")
 REFERENCES = ("persistence", "climatology")
 OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc")
 PLOT_FILE = "scores.png"
+RANK_PLOT_FILE = "rank_histogram.png"  # ensembles only
 LOAD_BELOW_BYTES = 128 * 2**20  # forecasts smaller than this are scored in memory
 BLOCK_BYTES = 8 * 2**20  # dask chunk size the forecast is read in (several init times per chunk)
 Progress = Callable[[int, int], None]
@@ -65,6 +74,7 @@ class ForecastStore:
     x_dim: str
     level_dim: str | None
     sample_dims: tuple[str, ...]
+    members: int | None = None  # an ensemble: the size of its `number` dim
 
     @property
     def lead_is_time(self) -> bool:
@@ -106,7 +116,7 @@ def open_forecast(path: str | Path, name: str | None = None) -> ForecastStore:
             f"{path}: no variable has the dims ({INIT_DIM}, {LEAD_DIM}); "
             f"variables: {', '.join(map(str, ds.data_vars)) or 'none'}"
         )
-    dims = [d for v in variables for d in ds[v].dims if d != LEAD_DIM]
+    dims = [d for v in variables for d in ds[v].dims if d not in (LEAD_DIM, MEMBER_DIM)]
     roles = recognise_dims(ds, dims, str(path), {"time": INIT_DIM})
     kind = ds[LEAD_DIM].dtype.kind
     if kind not in "mfiu":
@@ -122,6 +132,7 @@ def open_forecast(path: str | Path, name: str | None = None) -> ForecastStore:
         x_dim=str(roles["x"]),
         level_dim=roles["level"],
         sample_dims=tuple(roles["sample"]),
+        members=int(ds.sizes[MEMBER_DIM]) if MEMBER_DIM in ds.dims else None,
     )
 
 
@@ -318,13 +329,15 @@ def align(
         src = tds[v]
         if lazy:  # blocks of init times; the truth is gathered lazily, block by block
             block = _block(fc)
-            fc = fc.chunk({INIT_DIM: block, LEAD_DIM: -1})
+            fc = fc.chunk(
+                {INIT_DIM: block, LEAD_DIM: -1, **({MEMBER_DIM: -1} if store.members else {})}
+            )
             src = src.chunk({TRUTH_TIME: block})
         else:
             fc = fc.load()
         at = src.isel({TRUTH_TIME: pos}).drop_vars(TRUTH_TIME, errors="ignore").where(mask)
         forecast[v] = fc
-        truth_at[v] = like(at.transpose(*fc.dims), fc)
+        truth_at[v] = like(at.transpose(*fc.dims, missing_dims="ignore"), fc)
         if with_persistence:
             ip = xr.DataArray(init_pos[rows], dims=(INIT_DIM,), coords={INIT_DIM: sub[INIT_DIM]})
             persistence[v] = like(
@@ -482,6 +495,8 @@ class Scores:
     lead_is_time: bool
     truth: str
     meta: dict = field(default_factory=dict)
+    # (forecast, variable) -> relative frequency over (lead, rank), for ensemble forecasts
+    rank_histograms: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"records": self.records, "overlap": self.overlap, "notes": self.notes}
@@ -539,7 +554,15 @@ def _lazy_scores(
     cases = (INIT_DIM, *store.sample_dims)
     latlon = is_latitude(store.ds, store.y_dim) and is_longitude(store.ds, store.x_dim)
     w = metrics.area_weights(store.ds[store.y_dim]) if latlon else None
+    extra = {}
+    if (
+        MEMBER_DIM in fc.dims
+    ):  # an ensemble: the usual metrics on its mean, plus the ensemble scores
+        keep = (LEAD_DIM, store.level_dim)
+        extra = ensemble_scores(fc, truth, space, cases, w, keep)
+        fc = fc.mean(MEMBER_DIM, skipna=False)
     out = {
+        **extra,
         "mse": metrics.mse(fc, truth, space, cases, w),
         "count": (fc - truth).notnull().sum([*cases, *space]),
     }
@@ -656,8 +679,20 @@ def evaluate(
     ):
         warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
         computed = dask.compute(*[xr.Dataset(lazy[k]) for k in keys])
-    results = dict(zip(keys, computed, strict=True))
+    results = {
+        k: _finish_ensemble(
+            ds, next(s for s in stores if s.name == k[0]) if k[0] in names else None
+        )
+        for k, ds in zip(keys, computed, strict=True)
+    }
     return _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+
+
+def _finish_ensemble(ds: xr.Dataset, store: ForecastStore | None) -> xr.Dataset:
+    """Spread and spread/skill of an ensemble store's reductions (others pass through)."""
+    from minconv_cli.ensemble import finish
+
+    return finish(ds, store.members) if store is not None and store.members else ds
 
 
 def _channel_name(fields: Fields, variable: str, level: Any) -> str:
@@ -693,6 +728,13 @@ def _assemble(
             units[ch] = str(fields.ds[v].attrs.get("units", ""))
     channels = list(dict.fromkeys(ch for _, ch in per))
     metric_names = [m for m in wanted] + [f"skill_vs_{r}" for r in refs]
+    if any(s.members for s in stores):
+        metric_names += [m for m in ENSEMBLE_METRICS if any(m in ds for ds in per.values())]
+    rank_hists = {
+        key: ds[RANK_HISTOGRAM].rename({LEAD_DIM: "lead"}).transpose("lead", RANK_DIM)
+        for key, ds in per.items()
+        if RANK_HISTOGRAM in ds
+    }
     for (name, ch), ds in per.items():
         if "rmse" in wanted:
             ds["rmse"] = np.sqrt(ds["mse"])
@@ -755,6 +797,7 @@ def _assemble(
         lead_is_time=lead_is_time,
         truth=fields.path_label,
         meta={s.name: str(s.path) for s in stores},
+        rank_histograms=rank_hists,
     )
 
 
@@ -773,6 +816,11 @@ def output_paths(out_dir: Path, plot: Path | None) -> list[Path]:
     return [out_dir / f for f in OUTPUT_FILES] + [plot or out_dir / PLOT_FILE]
 
 
+def rank_plot_path(out_dir: Path, plot: Path | None) -> Path:
+    """The rank-histogram PNG of an ensemble: beside --plot (NAME_rank_histogram.png) or in OUT."""
+    return plot.with_name(f"{plot.stem}_{RANK_PLOT_FILE}") if plot else out_dir / RANK_PLOT_FILE
+
+
 def check_outputs(out_dir: Path, plot: Path | None, overwrite: bool) -> None:
     """Refuse (before any work) to replace existing reports unless told to."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -780,7 +828,8 @@ def check_outputs(out_dir: Path, plot: Path | None, overwrite: bool) -> None:
     if plot is not None and plot.suffix.lower() != ".png":
         raise MinconvError(f"--plot {plot}: expected a .png file name")
     if not overwrite:
-        existing = [str(p) for p in output_paths(out_dir, plot) if p.exists()]
+        paths = [*output_paths(out_dir, plot), rank_plot_path(out_dir, plot)]
+        existing = [str(p) for p in paths if p.exists()]
         if existing:
             raise MinconvError(f"{existing[0]}: exists; use --overwrite to replace the scores")
 
@@ -801,6 +850,8 @@ def _table_dataset(scores: Scores) -> xr.Dataset:
         "long_name": "forecast scores (NaN: undefined or not scored; see notes)",
         "units_by_variable": json.dumps(scores.units),
     }
+    if scores.rank_histograms:
+        ds[RANK_HISTOGRAM] = _rank_table(scores)
     ds.attrs = {
         "minconv_version": __version__,
         "truth": scores.truth,
@@ -812,10 +863,42 @@ def _table_dataset(scores: Scores) -> xr.Dataset:
     return ds
 
 
+def _rank_table(scores: Scores) -> xr.DataArray:
+    """Rank histograms as (forecast, variable, lead, rank); NaN where a pair has none."""
+    keys = list(scores.rank_histograms)
+    forecasts = list(dict.fromkeys(f for f, _ in keys))
+    channels = list(dict.fromkeys(c for _, c in keys))
+    first = scores.rank_histograms[keys[0]]
+    out = xr.DataArray(
+        np.full(
+            (len(forecasts), len(channels), first.sizes["lead"], first.sizes[RANK_DIM]), np.nan
+        ),
+        dims=("forecast", "variable", "lead", RANK_DIM),
+        coords={
+            "forecast": forecasts,
+            "variable": channels,
+            "lead": first["lead"].values,
+            RANK_DIM: first[RANK_DIM].values,
+        },
+        attrs={
+            "long_name": "rank histogram: relative frequency of the truth's rank among the members"
+        },
+    )
+    for (f, c), h in scores.rank_histograms.items():
+        if h.sizes[RANK_DIM] == out.sizes[RANK_DIM]:
+            out.loc[{"forecast": f, "variable": c}] = h.values
+    return out
+
+
 def write_reports(scores: Scores, out_dir: Path, plot: Path | None = None) -> list[Path]:
-    """Write scores.json, scores.csv, scores.nc and the PNG, each via a temporary sibling + rename."""
+    """Write scores.json, scores.csv, scores.nc and the PNG(s), each via a temporary sibling + rename."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = output_paths(out_dir, plot)
+    rank_png = rank_plot_path(out_dir, plot)
+    if scores.rank_histograms:
+        targets.append(rank_png)
+    else:
+        rank_png.unlink(missing_ok=True)  # a stale one from an earlier ensemble
     temps = [t.with_name(f".{t.stem}.partial-{os.getpid()}{t.suffix}") for t in targets]
     try:
         temps[0].write_text(json.dumps(scores.records, indent=1) + "\n")
@@ -823,6 +906,9 @@ def write_reports(scores: Scores, out_dir: Path, plot: Path | None = None) -> li
         _table_dataset(scores).to_netcdf(temps[2], engine="netcdf4")
         temps[3].parent.mkdir(parents=True, exist_ok=True)
         plot_scores(scores, temps[3])
+        if scores.rank_histograms:
+            leads = [format_lead(x) for x in scores.table["lead"].values]
+            plot_rank_histograms(scores.rank_histograms, temps[4], leads)
         for tmp, target in zip(temps, targets, strict=True):
             os.replace(tmp, target)
     finally:
@@ -856,7 +942,11 @@ def plot_scores(scores: Scores, path: Path) -> None:
                 if not np.isfinite(y).any():
                     continue
                 color, ls, marker = styles.get(name, (None, "-", "o"))
-                ax.plot(x, y, ls=ls, marker=marker, ms=3, color=color, label=name)
+                (line,) = ax.plot(x, y, ls=ls, marker=marker, ms=3, color=color, label=name)
+                if m == "rmse" and "spread" in table["metric"].values:  # an ensemble's spread
+                    sp = table.sel(forecast=name, metric="spread", variable=ch).values
+                    if np.isfinite(sp).any():
+                        ax.plot(x, sp, ls="--", color=line.get_color(), label=f"{name} spread")
             unit = scores.units.get(ch, "")
             ylabel = m.upper() + (f" [{unit}]" if m != "acc" and unit and unit != "1" else "")
             ax.set_ylabel(ylabel)

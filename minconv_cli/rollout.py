@@ -47,6 +47,7 @@ class RolloutResult:
     skipped: int
     seconds: float
     timings: dict  # seconds spent reading frames, in the model, and writing the store
+    members: int | None = None  # ensemble size (None: a deterministic store)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -536,10 +537,12 @@ class StoreWriter:
     """Writes finished forecasts straight into their chunks (a run of neighbours in one call),
     then marks them done, so a killed run keeps every batch it finished."""
 
-    def __init__(self, path: Path, fields: Fields) -> None:
+    def __init__(self, path: Path, fields: Fields, members: bool = False) -> None:
         import zarr
 
         group = zarr.open_group(str(path), mode="r+")
+        # store positions are (init, [member,] *sample); the lead dim follows init [and member]
+        self.lead_axis = 2 if members else 1
         self.done = group[DONE]
         self.parts = []  # (zarr array, its channel range, whether it has a level dim)
         start = 0
@@ -550,17 +553,19 @@ class StoreWriter:
             start += n
 
     def write(self, items: Sequence[tuple[int, ...]], values: np.ndarray) -> None:
-        """values (B, N, C, H, W) for items at store positions (init, *sample)."""
+        """values (B, N, C, H, W) for items at store positions (init, [member,] *sample)."""
         runs = list(_runs(items))
+        lead = self.lead_axis
         for (*fixed, last), b0, b1 in runs:
             span = slice(last, last + b1 - b0)
             for array, channels, has_level in self.parts:
                 block = values[b0:b1, :, channels]
                 block = block if has_level else block[:, :, 0]
-                if fixed:  # (time, lead, *samples, ...): the run lies along the last sample dim
-                    array[(fixed[0], slice(None), *fixed[1:], span)] = np.moveaxis(block, 0, 1)
-                else:
-                    array[span] = block
+                if len(fixed) >= lead:  # the run lies along a dim after the lead dim
+                    index = (*fixed[:lead], slice(None), *fixed[lead:], span)
+                    array[index] = np.moveaxis(block, 0, 1)
+                else:  # the run lies along the last dim before the lead dim
+                    array[(*fixed, span)] = block
         for (*fixed, last), b0, b1 in runs:
             self.done[(*fixed, slice(last, last + b1 - b0))] = True
 
@@ -649,7 +654,7 @@ class Job:
 
 
 def rollout(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     data: Sequence[str | Path],
     steps: int,
     out: str | Path,
@@ -664,8 +669,15 @@ def rollout(
     precision: str = "auto",
     command: str = "",
     progress: Progress | None = None,
+    members: int | None = None,
+    perturbation: float = 0.1,
+    perturbation_smoothing: float = 0.0,
+    seed: int = 0,
 ) -> RolloutResult:
     """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
+
+    An ensemble (`members`, or several checkpoints) gets a `number` dim; see `EnsembleSpec` for
+    how members are spread over the checkpoints and perturbed. Without it the store has none.
 
     `subset` selects part of DATA first, as `minconv train` splits do (`split=test`,
     `trajectory=150:200`, a time range `START/END`).
@@ -675,31 +687,50 @@ def rollout(
     auto keeps the store's own precision). Everything is checked before anything is written.
     """
     from minconv_cli.checkpoint import load_checkpoint
+    from minconv_cli.ensemble import EnsembleSpec, add_member_dim, check_same_data, perturb
     from minconv_cli.precision import resolve_precision
 
     started = time.perf_counter()
+    names = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    paths = [local_path(c, "CHECKPOINT") for c in names]
     out, data = local_path(out, "--out"), [as_source(p) for p in data]
+    spec = None
+    if members is not None or len(paths) > 1:
+        spec = EnsembleSpec(
+            len(paths) if members is None else members,
+            len(paths),
+            perturbation,
+            perturbation_smoothing,
+            seed,
+        )
     _check_request(steps, batch_size, zarr_format, mode, out, data)
-    ckpt_path = local_path(checkpoint, "CHECKPOINT")
+    ckpt_path = paths[0]
     dev = resolve_device(device)
     if precision == "auto" and mode == "resume" and out.exists():
         precision = _stored_precision(out)
     precision = resolve_precision(precision, dev, "--precision")
-    loaded = load_checkpoint(ckpt_path, map_location=dev)
+    loads = [load_checkpoint(p, map_location=dev) for p in paths]
+    for each, path in zip(loads, paths, strict=True):
+        check_meta(each.meta, path)
+    check_same_data([each.meta for each in loads], paths)
+    loaded = loads[0]
     meta = loaded.meta
-    check_meta(meta, ckpt_path)
-    context = int(meta.get("context") or 1) if context is None else context
+    if context is None:  # the longest training context, so that every checkpoint has its frames
+        context = max(int(each.meta.get("context") or 1) for each in loads)
     if context < 1:
         raise MinconvError(f"--context: must be at least 1, got {context}")
     fields = open_matching_fields(data, meta)
     if subset:
         fields = split_fields(fields, subset)
     order = check_against_checkpoint(fields, meta)
+    if spec is not None and "number" in fields.sample_dims:
+        raise MinconvError(f"{fields.path_label}: has a 'number' dim, the ensemble member dim")
     step = time_step_of(meta)
     if isinstance(step, CalendarStep) and isinstance(fields.time_step, CalendarStep):
         step = fields.time_step  # the data's own stamps (month start, end or middle)
     job = Job(fields, order, select_init_times(init_times, fields, context, step), context, steps)
-    sha = file_sha256(ckpt_path)
+    shas = [file_sha256(p) for p in paths]
+    sha = shas[0]
     init_labels = time_labels(fields.times[job.init_index])
     settings = {
         "checkpoint_sha256": sha,
@@ -713,6 +744,8 @@ def rollout(
         "data": [p if is_url(p) else str(p.resolve()) for p in data],
         "precision": precision,
     }
+    if spec is not None:  # only ensembles record these: deterministic stores stay as they were
+        settings["ensemble"] = {**spec.settings(), "checkpoints_sha256": shas}
     attrs = {
         "minconv_version": __version__,
         "checkpoint": str(ckpt_path.resolve()),
@@ -725,9 +758,14 @@ def rollout(
         "source": ", ".join(str(p) for p in data),
         SETTINGS_ATTR: json.dumps(settings),
     }
+    if spec is not None:
+        attrs["checkpoints"] = json.dumps([str(p.resolve()) for p in paths])
+        attrs["ensemble"] = json.dumps(spec.settings())
     clock = {"read": 0.0, "model": 0.0, "write": 0.0}
     t0 = time.perf_counter()
     template, encoding = store_template(fields, order, job.init_index, steps, step, attrs)
+    if spec is not None:
+        template, encoding = add_member_dim(template, encoding, spec, DONE)
     target = out
     if out.exists() and mode == "resume":
         done = read_done(out, settings)
@@ -739,28 +777,46 @@ def rollout(
         done = np.zeros(template[DONE].shape, dtype=bool)
     clock["write"] += time.perf_counter() - t0
     todo = job.sequences()
+    if spec is not None:  # store positions (init, member, *sample), in store order
+        todo = sorted(
+            ((i, s, (pos[0], m, *pos[1:])) for i, s, pos in todo for m in range(spec.members)),
+            key=lambda seq: seq[2],
+        )
     pending = [seq for seq in todo if not done[seq[2]]]
-    model = loaded.model.eval()
-    normalizer = Normalizer.from_dict(meta["normalizer"])
-    writer = StoreWriter(target, fields)
+    writer = StoreWriter(target, fields, members=spec is not None)
     static = job.static()
     if progress:
         progress(len(todo) - len(pending), len(todo))
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start : start + batch_size]
-        t0 = time.perf_counter()
-        frames = job.context_frames(batch)
-        t1 = time.perf_counter()
-        values = forecast(model, normalizer, frames, static, steps, dev, precision)
-        # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
-        values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
-        t2 = time.perf_counter()
-        writer.write([pos for _, _, pos in batch], values)
-        clock["read"] += t1 - t0
-        clock["model"] += t2 - t1
-        clock["write"] += time.perf_counter() - t2
-        if progress:
-            progress(len(todo) - len(pending) + start + len(batch), len(todo))
+    finished = len(todo) - len(pending)
+    for k, each in enumerate(loads):
+        model = each.model.eval()
+        normalizer = Normalizer.from_dict(each.meta["normalizer"])
+        mine = [seq for seq in pending if spec is None or spec.checkpoint_of(seq[2][1]) == k]
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start : start + batch_size]
+            t0 = time.perf_counter()
+            if spec is None:
+                frames = job.context_frames(batch)
+            else:  # members of one (init, sample) share their frames: read them once
+                first = {
+                    (i, s): n for n, (i, s) in enumerate(dict.fromkeys((i, s) for i, s, _ in batch))
+                }
+                read = job.context_frames([(i, s, None) for i, s in first])
+                frames = read[[first[(i, s)] for i, s, _ in batch]]
+                keys = [(int(job.init_index[i]), s, pos[1]) for i, s, pos in batch]
+                frames = perturb(frames, normalizer.std, spec, keys)
+            t1 = time.perf_counter()
+            values = forecast(model, normalizer, frames, static, steps, dev, precision)
+            # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
+            values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
+            t2 = time.perf_counter()
+            writer.write([pos for _, _, pos in batch], values)
+            clock["read"] += t1 - t0
+            clock["model"] += t2 - t1
+            clock["write"] += time.perf_counter() - t2
+            finished += len(batch)
+            if progress:
+                progress(finished, len(todo))
     if target != out:
         _swap_in(target, out)
     return RolloutResult(
@@ -768,6 +824,7 @@ def rollout(
         init_times=init_labels,
         samples=fields.n_samples,
         steps=steps,
+        members=spec.members if spec is not None else None,
         variables=fields.variables,
         written=len(pending),
         skipped=len(todo) - len(pending),

@@ -17,7 +17,7 @@ def rollout(
     data: list[str] = typer.Argument(
         ...,
         help="NetCDF file(s), Zarr store(s) or Zarr URL(s) holding the initial conditions and their "
-        "context frames.",
+        "context frames. Leading .pt files are more checkpoints: an ensemble over them.",
     ),
     steps: int = typer.Option(..., "--steps", "-n", help="Lead times to forecast (model steps)."),
     out: str = typer.Option(..., "--out", "-o", help="Forecast Zarr store to write (local)."),
@@ -57,30 +57,62 @@ def rollout(
         help="fp32, bf16 (autocast convolutions, state in fp32) or auto (bf16 where the device "
         "has native bf16, else fp32; on --resume, the store's own).",
     ),
+    members: int | None = typer.Option(
+        None,
+        "--members",
+        "-m",
+        help="Ensemble members (a 'number' dim in the store): member 0 of each checkpoint is its "
+        "unperturbed control, the others start from perturbed context frames. Default: none "
+        "(deterministic), or one per checkpoint when several are given.",
+    ),
+    perturbation: float = typer.Option(
+        0.1,
+        "--perturbation",
+        help="Ensemble perturbation: Gaussian noise on each context frame, x the training std.",
+    ),
+    perturbation_smoothing: float = typer.Option(
+        0.0,
+        "--perturbation-smoothing",
+        help="Spatial correlation of the perturbations: Gaussian smoothing over this many grid "
+        "cells (0: white noise).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the ensemble perturbations."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Roll a trained model forward from initial conditions and write a WeatherBench 2-style Zarr forecast."""
     from minconv_cli.data.remote import as_source, local_path
+    from minconv_cli.ensemble import split_checkpoints
     from minconv_cli.errors import MinconvError
     from minconv_cli.rollout import rollout as run_rollout
 
-    checkpoint_path = local_path(checkpoint, "CHECKPOINT")
+    checkpoints, data = split_checkpoints(checkpoint, data)
+    checkpoint_paths = [local_path(c, "CHECKPOINT") for c in checkpoints]
+    ensemble = members is not None or len(checkpoints) > 1
     out_path = local_path(out, "--out")
     sources = [as_source(p) for p in data]
     if overwrite and resume:
         raise MinconvError("--overwrite and --resume: choose one")
     mode = "overwrite" if overwrite else "resume" if resume else "create"
-    words = ["minconv", "rollout", checkpoint_path, *sources, "--steps", steps, "--out", out_path]
+    words = ["minconv", "rollout", *checkpoint_paths, *sources, "--steps", steps, "--out", out_path]
     for flag, value in (("--init-times", init_times), ("--subset", subset), ("--context", context)):
         if value is not None:
             words += [flag, value]
     words += ["--batch-size", batch_size, "--zarr-format", zarr_format, "--precision", precision]
+    if ensemble:
+        words += ["--members", members if members is not None else len(checkpoints)]
+        words += [
+            "--perturbation",
+            perturbation,
+            "--perturbation-smoothing",
+            perturbation_smoothing,
+        ]
+        words += ["--seed", seed]
     words += [f"--{mode}"] if mode != "create" else []
     command = shlex.join(map(str, words))  # the effective request, however it was invoked
     with progress_bar("rollout", quiet) as report:
         result = run_rollout(
-            checkpoint_path,
+            checkpoint_paths,
             sources,
             steps,
             out_path,
@@ -94,11 +126,17 @@ def rollout(
             precision=precision,
             command=command,
             progress=report,
+            members=members,
+            perturbation=perturbation,
+            perturbation_smoothing=perturbation_smoothing,
+            seed=seed,
         )
     if json_out:
         print_json(result.to_dict())
     elif not quiet:
         console.print(
-            f"wrote {result.path}: {len(result.init_times)} init time(s) x {result.samples} sample(s), "
+            f"wrote {result.path}: {len(result.init_times)} init time(s) x {result.samples} sample(s)"
+            + (f" x {result.members} member(s)" if result.members else "")
+            + ", "
             f"{result.steps} steps, {', '.join(result.variables)} in {result.seconds:.1f} s"
         )

@@ -422,7 +422,8 @@ class _Run:
                 self.reporter.epoch(p.epoch, self.steps_per_epoch, p.step)
             tick = time.monotonic()
             for batch in self.epoch_batches(p.epoch, p.step):
-                noise = _generator(t.seed, p.global_step, self.info.rank) if t.noise > 0 else None
+                noisy = t.noise > 0 or t.ensemble_members > 1
+                noise = _generator(t.seed, p.global_step, self.info.rank) if noisy else None
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = training_loss(
                     self.net, batch, t.context, horizon, t, self.device, noise, self.precision

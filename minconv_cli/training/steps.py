@@ -39,6 +39,10 @@ def training_loss(
     """Masked MSE over the teacher-forced and closed-loop outputs, weighted by tf_weight/cl_weight;
     gradients flow through the closed loop. Input noise (cfg.noise) comes from the `noise` generator.
     `precision` (resolved: fp32 or bf16) is the model's; the loss is always fp32."""
+    if cfg.ensemble_members > 1:
+        from minconv_cli.training.ensemble_loss import ensemble_loss
+
+        return ensemble_loss(model, batch, context, horizon, cfg, device, noise, precision)
     inputs, targets, mask, static = split_window(batch, context, horizon, device)
     if cfg.noise > 0 and noise is not None:
         inputs = inputs + cfg.noise * torch.randn(inputs.shape, generator=noise).to(device)
