@@ -224,3 +224,13 @@ def test_variable_files_per_period_are_merged_then_joined_along_time(tmp_path):
     fields = open_fields(paths)
     assert fields.n_times == 20
     assert sorted(c.name for c in fields.channels) == ["t", "z"]
+
+
+def test_zarr_v3_channels_come_in_name_order_on_every_open(tmp_path):
+    """A Zarr v3 group without consolidated metadata lists its arrays in no fixed order; the
+    default channels must not change from one run to the next (it once swapped z and t)."""
+    store = tmp_path / "many.zarr"
+    names = ("z", "t", "u", "v", "q", "msl")
+    latlon_dataset(variables=names).to_zarr(store, zarr_format=3, consolidated=False)
+    orders = {tuple(c.name for c in open_fields(store).channels) for _ in range(6)}
+    assert orders == {tuple(sorted(names))}

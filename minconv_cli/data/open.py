@@ -58,7 +58,7 @@ def open_dataset(path: str | Path, chunks: Any = "auto-store") -> xr.Dataset:
     """
     kw: dict[str, Any] = {"chunks": {} if chunks == "auto-store" else chunks}
     if is_url(path):
-        return open_url(str(path), kw["chunks"])
+        return in_name_order(open_url(str(path), kw["chunks"]))
     p = Path(path)
     fmt = detect_format(p)
     if p.name in ("zarr.json", ".zgroup"):
@@ -76,6 +76,15 @@ def open_dataset(path: str | Path, chunks: Any = "auto-store") -> xr.Dataset:
         what = "Zarr store" if fmt == "zarr" else "NetCDF file"
         raise MinconvError(f"{p}: cannot read as a {what} ({_one_line(err)})") from None
     ds.encoding["source_format"] = fmt
+    return in_name_order(ds) if fmt == "zarr" else ds
+
+
+def in_name_order(ds: xr.Dataset) -> xr.Dataset:
+    """The Zarr store's variables sorted by name: a Zarr v3 group without consolidated metadata
+    lists its arrays in no fixed order, and the default channel order must not change between runs."""
+    encoding = ds.encoding
+    ds = ds[sorted(ds.data_vars, key=str)]
+    ds.encoding = encoding
     return ds
 
 
