@@ -64,7 +64,7 @@ def served(tmp_path_factory):
 
 
 def nothing_in(path: Path) -> bool:
-    """True when no file was written under `path` (train makes the empty run directory first)."""
+    """True when no file was written under `path`."""
     return not any(p.is_file() for p in path.rglob("*")) if path.exists() else True
 
 

@@ -332,3 +332,16 @@ def test_two_process_ddp_on_cpu_writes_a_loadable_checkpoint(traj, tmp_path):
     loaded = load_checkpoint(out / "model.pt")
     assert loaded.meta["model"]["name"] == "minconvgru"
     assert not any(k.startswith("module.") for k in loaded.raw["state_dict"])
+
+
+def test_bad_data_never_costs_an_existing_run_or_leaves_a_directory(traj, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(traj, *TINY, "--epochs", 1, "--out", out, "--quiet").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = tmp_path / "missing.nc"
+    line = error_line(invoke(bad, *TINY, "--out", out, "--overwrite", "--quiet"))
+    assert "missing.nc" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    fresh = tmp_path / "fresh"
+    error_line(invoke(bad, *TINY, "--out", fresh, "--quiet"))
+    assert not fresh.exists()

@@ -186,11 +186,13 @@ class _Run:
         self.precision = resolve_precision(config.train.precision, device, "train.precision")
         self.run_dir = RunDir(out)
         if info.is_main:
-            self.run_dir.prepare(resume=resume, overwrite=overwrite)
+            self.run_dir.check(resume=resume, overwrite=overwrite)
         self.reporter = reporter if info.is_main else None
         self.data = prepare_data(config)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data).to(device)
+        if info.is_main:  # data and model are good: only now is an old run replaced
+            self.run_dir.prepare(resume=resume, overwrite=overwrite)
         self.hparams = self.model.hparams
         self.norm_note = norm_note(config.model.norm, self.model)
         config.model.norm = self.hparams["norm"]  # the resolved choice, in config.yaml and meta

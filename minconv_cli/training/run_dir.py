@@ -57,20 +57,25 @@ class RunDir:
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
 
-    def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Refuse a directory holding another run unless told; clear it for `overwrite`."""
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Refuse a directory holding another run unless told; changes nothing on disk."""
         if self.path.exists() and not self.path.is_dir():
             raise MinconvError(f"--out {self.path}: exists and is not a directory")
         if resume:
             if not self.last.is_file():
                 raise MinconvError(f"--resume: {self.last} not found (nothing to resume)")
             return
-        if self.holds_run():
-            if not overwrite:
-                raise MinconvError(
-                    f"--out {self.path}: holds another run (use --resume to continue it or "
-                    "--overwrite to replace it)"
-                )
+        if self.holds_run() and not overwrite:
+            raise MinconvError(
+                f"--out {self.path}: holds another run (use --resume to continue it or "
+                "--overwrite to replace it)"
+            )
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Create the directory (clearing an old run for `overwrite`); called once the data and
+        the model are known to be good, so that a bad input never costs the old run."""
+        self.check(resume, overwrite)
+        if not resume:
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
