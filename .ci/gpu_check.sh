@@ -56,14 +56,12 @@ echo "== 3. train -> rollout -> evaluate on $DEVICE, fp32 and bf16"
 runs=/tmp/gpu_check_runs
 rm -rf "$runs"
 for precision in fp32 bf16; do
-    amp=false
-    [ "$precision" = bf16 ] && amp=true
     timeout 100 $PY -m minconv_cli train --out "$runs/$precision" --device "$DEVICE" --epochs "$EPOCHS" \
-        --set train.amp=$amp --set train.max_time="$MAX_TIME" $TRAIN_ARGS --json --quiet \
+        --precision "$precision" --set train.max_time="$MAX_TIME" $TRAIN_ARGS --json --quiet \
         >"$OUT/train_$precision.json" 2>"$OUT/train_$precision.err" || failed+=("train_$precision")
 done
 timeout 60 $PY -m minconv_cli rollout "$runs/bf16/model.pt" sample_data/navier_stokes_16x16.nc \
-    --steps 30 --subset split=test --out "$runs/forecast.zarr" --device "$DEVICE" --json --quiet \
+    --steps 30 --subset split=test --out "$runs/forecast.zarr" --device "$DEVICE" --precision bf16 --json --quiet \
     >"$OUT/rollout.json" 2>"$OUT/rollout.err" || failed+=(rollout)
 timeout 60 $PY -m minconv_cli evaluate "$runs/forecast.zarr" sample_data/navier_stokes_16x16.nc \
     --out "$runs/scores" --json >"$OUT/evaluate.json" 2>"$OUT/evaluate.err" || failed+=(evaluate)
