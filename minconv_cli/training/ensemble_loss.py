@@ -9,7 +9,8 @@ import math
 import torch
 
 from minconv_cli.config import TrainConfig
-from minconv_cli.training.steps import autocast, split_window
+from minconv_cli.precision import autocast
+from minconv_cli.training.steps import split_window, weighted_loss
 
 
 def fair_crps(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -51,4 +52,4 @@ def ensemble_loss(
         return tf
     crps = fair_crps(y[:, :, context:], targets[:, context:]) * weight[:, context:]
     cl = crps.sum() / weight[:, context:].sum().clamp_min(1)
-    return (cfg.tf_weight * tf + cfg.cl_weight * cl) / (cfg.tf_weight + cfg.cl_weight)
+    return weighted_loss(tf, cl, cfg)

@@ -54,6 +54,11 @@ def training_loss(
     if horizon == 0:
         return tf
     cl = sq[:, context:].sum() / weight[:, context:].sum().clamp_min(1)
+    return weighted_loss(tf, cl, cfg)
+
+
+def weighted_loss(tf: torch.Tensor, cl: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The teacher-forced and closed-loop parts of the loss, weighted by tf_weight/cl_weight."""
     return (cfg.tf_weight * tf + cfg.cl_weight * cl) / (cfg.tf_weight + cfg.cl_weight)
 
 
