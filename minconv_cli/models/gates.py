@@ -88,25 +88,22 @@ def fused_recurrence(
 
 
 class _GatedRecurrence(torch.autograd.Function):
-    """Forward: gates and the lerp, one time step at a time (small, cache-resident temporaries).
-    Backward: gates recomputed per step from s and p, the adjoint recurrence, the gate gradients."""
+    """Forward: the gates of all steps in a few whole-sequence ops, then the lerp step by step.
+    Backward: gates recomputed from s and p (only s, p and h are saved), the adjoint recurrence
+    step by step, then the gate gradients in whole-sequence ops again. Whole-sequence ops cost
+    one dispatch per op instead of one per op and step; the sequential part is one op per step."""
 
     @staticmethod
     def forward(ctx, s, p, h0):  # type: ignore[override]
+        z = torch.sigmoid(s)
+        cand = torch.maximum(torch.sigmoid(p), p + 0.5)
         h = torch.empty(p.shape, dtype=p.dtype, device=p.device)
-        z = torch.empty_like(h[0])
-        cand = torch.empty_like(h[0])
-        shifted = torch.empty_like(h[0])
-        prev = h0
-        for t in range(s.shape[0]):
-            torch.sigmoid(s[t], out=z)
-            torch.sigmoid(p[t], out=cand)
-            torch.maximum(cand, torch.add(p[t], 0.5, out=shifted), out=cand)
-            if prev is None:
-                torch.mul(cand, z, out=h[t])
-            else:
-                torch.lerp(prev, cand, z, out=h[t])
-            prev = h[t]
+        if h0 is None:
+            torch.mul(cand[0], z[0], out=h[0])
+        else:
+            torch.lerp(h0, cand[0], z[0], out=h[0])
+        for t in range(1, s.shape[0]):
+            torch.lerp(h[t - 1], cand[t], z[t], out=h[t])
         ctx.has_h0 = h0 is not None
         ctx.save_for_backward(s, p, h, h0 if h0 is not None else h)
         return h
@@ -115,22 +112,22 @@ class _GatedRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_h):  # type: ignore[override]
         s, p, h, h0 = ctx.saved_tensors
-        grad_s = torch.empty(s.shape, dtype=s.dtype, device=s.device)
-        grad_p = torch.empty(p.shape, dtype=p.dtype, device=p.device)
-        grad = None  # dL/dh_t including the future, G_t = grad_h_t + a_{t+1} G_{t+1}
-        keep = None  # a_{t+1} = 1 - z_{t+1}
-        zero = torch.zeros_like(h[0]) if not ctx.has_h0 else None
-        for t in range(s.shape[0] - 1, -1, -1):
-            grad = grad_h[t].clone() if grad is None else torch.addcmul(grad_h[t], keep, grad)
-            z = torch.sigmoid(s[t])
-            sp = torch.sigmoid(p[t])
-            cand = torch.maximum(sp, p[t] + 0.5)
-            prev = h[t - 1] if t > 0 else (h0 if ctx.has_h0 else zero)
-            keep = 1 - z
-            gz = grad * z
-            # dL/ds = G (g(p) - h_{t-1}) z (1 - z); dL/dp = G z g'(p), g' = 1 (p >= 0) or sp (1 - sp)
-            torch.mul(torch.sub(cand, prev).mul_(gz), keep, out=grad_s[t])
-            slope = torch.where(p[t] >= 0, 1.0, sp.mul_(1 - sp))
-            torch.mul(gz, slope, out=grad_p[t])
-        grad_h0 = keep * grad if ctx.has_h0 else None
+        z = torch.sigmoid(s)
+        keep = 1 - z  # a_t
+        # G_t = dL/dh_t including the future: G_t = grad_h_t + a_{t+1} G_{t+1}
+        grad = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+        grad[-1] = grad_h[-1]
+        for t in range(s.shape[0] - 2, -1, -1):
+            torch.addcmul(grad_h[t], keep[t + 1], grad[t + 1], out=grad[t])
+        sp = torch.sigmoid(p)
+        # dL/ds = G (g(p) - h_{t-1}) z (1 - z); dL/dp = G z g'(p), g' = 1 (p >= 0) or sp (1 - sp)
+        step = torch.maximum(sp, p + 0.5)
+        step[1:] -= h[:-1]
+        if ctx.has_h0:
+            step[0] -= h0
+        grad_h0 = keep[0] * grad[0] if ctx.has_h0 else None
+        gz = grad.mul_(z)
+        grad_s = step.mul_(gz).mul_(keep)
+        slope = sp.mul_(1 - sp).masked_fill_(p >= 0, 1.0)
+        grad_p = slope.mul_(gz)
         return grad_s, grad_p, grad_h0

@@ -41,6 +41,21 @@ class GridConv2d(nn.Conv2d):
         self.halo = kernel_size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kind = x.device.type
+        if not torch.is_autocast_enabled(kind):
+            return super().forward(self.pad(x))
+        # Under autocast: pad the narrow copy, run the convolution channels-last (the layout the
+        # bf16 kernels of oneDNN and cuDNN use natively, so no reorders around the call) and hand
+        # back float32 in the standard layout in one copy, for the fp32 gates and recurrence.
+        low = torch.get_autocast_dtype(kind)
+        if self.halo and self.grid_padding != "zeros":
+            x = self.pad(x.to(low)).contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.to(low, memory_format=torch.channels_last)
+        return super().forward(x).to(torch.float32, memory_format=torch.contiguous_format)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """x with its halo of `grid_padding` (unchanged for `zeros`: the convolution pads those)."""
         r = self.halo
         if r and self.grid_padding == "circular":
             x = F.pad(x, (r, r, r, r), mode="circular")
@@ -50,4 +65,4 @@ class GridConv2d(nn.Conv2d):
                 x = F.pad(x, (0, 0, r, r), mode="replicate")
             else:
                 x = F.pad(x, (0, 0, r, r))
-        return super().forward(x)
+        return x
