@@ -70,9 +70,10 @@ def test_old_checkpoints_roll_out_to_the_stored_forecast(tmp_path, case):
         np.testing.assert_allclose(new[v].values, old[v].values, rtol=1e-5, atol=1e-6)
     for c in old.coords:
         np.testing.assert_array_equal(new[c].values, old[c].values)
-    assert json.loads(new.attrs["minconv_rollout"]).keys() == json.loads(
-        old.attrs["minconv_rollout"]
-    ).keys()
+    assert (
+        json.loads(new.attrs["minconv_rollout"]).keys()
+        == json.loads(old.attrs["minconv_rollout"]).keys()
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
