@@ -8,6 +8,7 @@ one would have done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -29,8 +30,8 @@ from minconv_cli.errors import MinconvError
 from minconv_cli.models import (
     count_parameters,
     create_model,
+    fit_widths,
     grid_norm_parameters,
-    widths_for_params,
 )
 from minconv_cli.precision import resolve_precision
 from minconv_cli.training import distributed
@@ -66,27 +67,16 @@ def build_model(config: Config, data: TrainingData) -> torch.nn.Module:
     m = config.model
     fields = data.fields
     n_static = len(fields.static_channels)
-    kwargs: dict[str, Any] = {
-        "kernel_size": m.kernel_size,
-        "padding": fields.default_padding if m.padding == "auto" else m.padding,
-        "norm": m.norm,
-        "predict": m.predict,
-        "static_channels": n_static,
-        "scan_backend": m.scan_backend,
-        "peepholes": m.peepholes,
-        "cylinder_pad": m.cylinder_pad,
-        "norm_groups": m.norm_groups,
-        "time_chunk": m.time_chunk,
-    }
-    in_channels = len(fields.channels) + n_static
+    spec = m.to_spec(
+        in_channels=len(fields.channels) + n_static,
+        static_channels=n_static,
+        grid=list(fields.grid_shape),
+        padding=fields.default_padding if m.padding == "auto" else m.padding,
+    )
     try:
         if m.params is not None:  # the paper's uniform width where it lands within 3%
-            kwargs["widths"] = widths_for_params(
-                m.name, m.params, in_channels, m.layers, fields.grid_shape, **kwargs
-            )
-        return create_model(
-            m.name, in_channels, width=m.width, layers=m.layers, grid=fields.grid_shape, **kwargs
-        )
+            spec = dataclasses.replace(spec, widths=fit_widths(spec, m.params))
+        return create_model(spec)
     except ValueError as err:
         raise MinconvError(f"config: model: {err}") from None
 
