@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -21,9 +20,10 @@ import pandas as pd
 import xarray as xr
 
 from minconv_cli import __version__
-from minconv_cli.data import Fields, Normalizer, open_dataset, open_fields, split_fields, timeaxis
+from minconv_cli.checkpoint import GridOrder
+from minconv_cli.data import Fields, Normalizer, split_fields, timeaxis
 from minconv_cli.data.remote import as_source, is_url, local_path
-from minconv_cli.data.timeaxis import CalendarStep
+from minconv_cli.data.timeaxis import CalendarStep, format_step, format_time
 from minconv_cli.errors import MinconvError
 
 DONE = "minconv_done"
@@ -51,154 +51,6 @@ class RolloutResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-# --------------------------------------------------------------------------- checkpoint vs data
-
-
-META_KEYS = ("model", "channels", "grid", "normalizer", "time_step", "time_is_datetime")
-
-
-def check_meta(meta: dict, path: Path) -> None:
-    """A checkpoint without the data description `minconv train` writes cannot drive a rollout."""
-    missing = [key for key in META_KEYS if key not in meta]
-    if missing:
-        raise MinconvError(
-            f"{path}: checkpoint lacks {', '.join(missing)} (not written by `minconv train`?)"
-        )
-
-
-def time_step_of(meta: dict) -> np.timedelta64 | float | CalendarStep:
-    """The training time step stored in the checkpoint meta (np.timedelta64[ns], float, or a
-    `CalendarStep` for monthly/yearly data)."""
-    step = meta.get("time_step")
-    if step is None:
-        raise MinconvError("checkpoint: no time step recorded (it cannot drive a rollout)")
-    if meta.get("time_is_datetime") and CalendarStep.parse(str(step)) is not None:
-        return CalendarStep.parse(str(step))
-    if meta.get("time_is_datetime"):
-        return pd.Timedelta(step).to_timedelta64().astype("timedelta64[ns]")
-    return float(step)
-
-
-def open_matching_fields(data: Sequence[str | Path], meta: dict) -> Fields:
-    """Open DATA with the checkpoint's variables, statics, levels and (where present) dim names."""
-    channels, statics = meta["channels"], meta.get("static_channels", [])
-    variables = list(dict.fromkeys(c["variable"] for c in channels))
-    static = list(dict.fromkeys(c["variable"] for c in statics))
-    levels = [c["level"] for c in channels if c.get("level") is not None]
-    grid = meta["grid"]
-    named = {
-        "time": meta.get("time_dim", grid.get("time_dim")),
-        "y": grid["y_dim"],
-        "x": grid["x_dim"],
-        "level": grid.get("level_dim"),
-    }
-    with open_dataset(data[0]) as first:
-        present = set(first.dims)
-    dims: dict[str, Any] = {role: name for role, name in named.items() if name in present}
-    samples = [d for d in meta.get("sample_dims", grid.get("sample_dims", [])) if d in present]
-    if samples:
-        dims["sample"] = samples
-    return open_fields(
-        list(data),
-        variables=variables,
-        static=static or None,
-        dims=dims,
-        levels=list(dict.fromkeys(levels)) or None,
-    )
-
-
-@dataclass(frozen=True)
-class GridOrder:
-    """Which grid axes of the data run opposite to the checkpoint's (flipped on reading)."""
-
-    flip_y: bool = False
-    flip_x: bool = False
-
-
-def check_against_checkpoint(fields: Fields, meta: dict) -> GridOrder:
-    """Every way DATA differs from what the model was trained on, as one MinconvError line."""
-    problems: list[str] = []
-    want = [(c["name"], c.get("units", "")) for c in meta["channels"]]
-    have = [(c.name, c.units) for c in fields.channels]
-    if [n for n, _ in want] != [n for n, _ in have]:
-        problems.append(
-            f"channels {[n for n, _ in have]} differ from the checkpoint's {[n for n, _ in want]}"
-        )
-    else:
-        for (name, u_want), (_, u_have) in zip(want, have, strict=True):
-            if str(u_want) != str(u_have):
-                problems.append(f"{name!r} has units {u_have!r}, the checkpoint {u_want!r}")
-    want_static = [c["name"] for c in meta.get("static_channels", [])]
-    have_static = [c.name for c in fields.static_channels]
-    if want_static != have_static:
-        problems.append(f"static inputs {have_static} differ from the checkpoint's {want_static}")
-    grid = meta["grid"]
-    flips = []
-    for axis, dim in (("y", fields.y_dim), ("x", fields.x_dim)):
-        verdict = _compare_axis(np.asarray(fields.ds[dim].values), grid[axis]["values"])
-        if verdict is None:
-            problems.append(f"grid {dim!r} differs from the checkpoint's {grid[f'{axis}_dim']!r}")
-        flips.append(verdict == "reversed")
-    order = GridOrder(*flips)
-    problems.extend(_time_problems(fields, meta))
-    if problems:
-        raise MinconvError(
-            f"{fields.path_label}: does not match the checkpoint: " + "; ".join(problems)
-        )
-    return order
-
-
-def _compare_axis(values: np.ndarray, trained: Sequence[Any]) -> str | None:
-    """`"same"`, `"reversed"` (same points in opposite order) or None (another grid)."""
-    trained_a = np.asarray(trained, dtype=np.float64)
-    if values.shape != trained_a.shape or values.dtype.kind not in "fiu":
-        return None
-    span = float(np.ptp(trained_a)) if len(trained_a) > 1 else 1.0
-    tol = 1e-6 * max(span, 1e-12) + 1e-9
-    if np.allclose(values, trained_a, rtol=0, atol=tol):
-        return "same"
-    if len(values) > 1 and np.allclose(values[::-1], trained_a, rtol=0, atol=tol):
-        return "reversed"
-    return None
-
-
-def _time_problems(fields: Fields, meta: dict) -> list[str]:
-    if bool(meta.get("time_is_datetime")) != fields.time_is_datetime:
-        kind = "datetime" if meta.get("time_is_datetime") else "numeric"
-        return [f"time axis is not {kind} like the checkpoint's"]
-    step = time_step_of(meta)
-    if fields.time_step is not None and not _same_step(fields.time_step, step):
-        return [
-            f"time step {_fmt_step(fields.time_step)} differs from the checkpoint's {_fmt_step(step)}"
-        ]
-    return []
-
-
-def _same_step(a: Any, b: Any) -> bool:
-    if isinstance(a, CalendarStep) or isinstance(b, CalendarStep):
-        # where in the month the stamps sit (start, end, middle) does not change the dynamics
-        return isinstance(a, CalendarStep) and isinstance(b, CalendarStep) and a.months == b.months
-    if isinstance(b, np.timedelta64):
-        return np.timedelta64(a, "ns") == b
-    return math.isclose(float(a), float(b), rel_tol=1e-6)
-
-
-def _fmt_time(value: Any) -> str:
-    if isinstance(value, np.datetime64):
-        return str(pd.Timestamp(value))
-    if hasattr(value, "calendar"):  # cftime
-        return str(value)
-    return f"{float(value):g}"
-
-
-def _fmt_step(step: Any) -> str:
-    if isinstance(step, CalendarStep):
-        return str(step)
-    if isinstance(step, np.timedelta64):
-        return str(pd.Timedelta(step))
-    return f"{float(step):g}"
 
 
 # --------------------------------------------------------------------------- init times
@@ -235,13 +87,13 @@ def select_init_times(spec: str | None, fields: Fields, context: int, step: Any)
     for i in sorted(set(indices)):
         if i < context - 1:
             raise MinconvError(
-                f"{fields.path_label}: init time {_fmt_time(fields.times[i])} has only {i + 1} frame(s) up to it; "
+                f"{fields.path_label}: init time {format_time(fields.times[i])} has only {i + 1} frame(s) up to it; "
                 f"the context needs {context}"
             )
         if not _window_regular(fields.times, i, context, step):
             raise MinconvError(
-                f"{fields.path_label}: the {context} frames up to init time {_fmt_time(fields.times[i])} "
-                f"are not evenly spaced by {_fmt_step(step)}"
+                f"{fields.path_label}: the {context} frames up to init time {format_time(fields.times[i])} "
+                f"are not evenly spaced by {format_step(step)}"
             )
     return np.asarray(sorted(set(indices)), dtype=np.int64)
 
@@ -288,7 +140,7 @@ def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
     if inside.size == 0:
         raise MinconvError(
             f"--init-times: no time of the data lies in {part!r} "
-            f"(it covers {_fmt_time(times[0])} to {_fmt_time(times[-1])})"
+            f"(it covers {format_time(times[0])} to {format_time(times[-1])})"
         )
     if isinstance(stride, CalendarStep):
         keep = (
@@ -349,8 +201,8 @@ def _time_index(fields: Fields, value: Any) -> int:
         )
     if not len(hits):
         raise MinconvError(
-            f"{fields.path_label}: init time {_fmt_time(value)} is not in the data "
-            f"(it covers {_fmt_time(times[0])} to {_fmt_time(times[-1])})"
+            f"{fields.path_label}: init time {format_time(value)} is not in the data "
+            f"(it covers {format_time(times[0])} to {format_time(times[-1])})"
         )
     return int(hits[0])
 
@@ -642,7 +494,7 @@ class Job:
         stop = self.init_index[[i for i, _, _ in batch]] + 1
         return np.stack(
             [
-                _oriented(self.fields.frames(s, int(t) - self.context, int(t)), self.order)
+                self.order.orient(self.fields.frames(s, int(t) - self.context, int(t)))
                 for (_, s, _), t in zip(batch, stop, strict=True)
             ]
         )
@@ -650,7 +502,7 @@ class Job:
     def static(self) -> np.ndarray | None:
         if not self.fields.static_channels:
             return None
-        return _oriented(self.fields.static_array(), self.order)
+        return self.order.orient(self.fields.static_array())
 
 
 def rollout(
@@ -711,21 +563,21 @@ def rollout(
     precision = resolve_precision(precision, dev, "--precision")
     loads = [load_checkpoint(p, map_location=dev) for p in paths]
     for each, path in zip(loads, paths, strict=True):
-        check_meta(each.meta, path)
+        each.meta.for_rollout(path)
     check_same_data([each.meta for each in loads], paths)
     loaded = loads[0]
     meta = loaded.meta
     if context is None:  # the longest training context, so that every checkpoint has its frames
-        context = max(int(each.meta.get("context") or 1) for each in loads)
+        context = max(int(each.meta.context or 1) for each in loads)
     if context < 1:
         raise MinconvError(f"--context: must be at least 1, got {context}")
-    fields = open_matching_fields(data, meta)
+    fields = meta.data.open_matching(data)
     if subset:
         fields = split_fields(fields, subset)
-    order = check_against_checkpoint(fields, meta)
+    order = meta.check_against(fields)
     if spec is not None and "number" in fields.sample_dims:
         raise MinconvError(f"{fields.path_label}: has a 'number' dim, the ensemble member dim")
-    step = time_step_of(meta)
+    step = meta.data.step()
     if isinstance(step, CalendarStep) and isinstance(fields.time_step, CalendarStep):
         step = fields.time_step  # the data's own stamps (month start, end or middle)
     job = Job(fields, order, select_init_times(init_times, fields, context, step), context, steps)
@@ -752,7 +604,7 @@ def rollout(
         "checkpoint_sha256": sha,
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": str(meta["model"].get("name", "")),
+        "model": meta.model.name,
         "context": context,
         "precision": precision,
         "source": ", ".join(str(p) for p in data),
@@ -790,7 +642,7 @@ def rollout(
     finished = len(todo) - len(pending)
     for k, each in enumerate(loads):
         model = each.model.eval()
-        normalizer = Normalizer.from_dict(each.meta["normalizer"])
+        normalizer = Normalizer.from_dict(each.meta.data.normalizer)
         mine = [seq for seq in pending if spec is None or spec.checkpoint_of(seq[2][1]) == k]
         for start in range(0, len(mine), batch_size):
             batch = mine[start : start + batch_size]
@@ -858,15 +710,6 @@ def _check_request(
         )
     if any(out.resolve() == p.resolve() for p in data if isinstance(p, Path)):
         raise MinconvError(f"{out}: is also an input file")
-
-
-def _oriented(array: np.ndarray, order: GridOrder) -> np.ndarray:
-    """Frames (..., H, W) in the checkpoint's grid order."""
-    if order.flip_y:
-        array = array[..., ::-1, :]
-    if order.flip_x:
-        array = array[..., ::-1]
-    return np.ascontiguousarray(array)
 
 
 def _swap_in(new: Path, out: Path) -> None:

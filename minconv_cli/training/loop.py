@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from minconv_cli import __version__
-from minconv_cli.checkpoint import data_meta, read_checkpoint, save_checkpoint
+from minconv_cli.checkpoint import CheckpointMeta, DataMeta, read_checkpoint, save_checkpoint
 from minconv_cli.config import Config
 from minconv_cli.data.stream import BlockStream
 from minconv_cli.errors import MinconvError
@@ -232,20 +232,19 @@ class _Run:
             self.net = torch.compile(self.net)
 
     # ------------------------------------------------------------------ checkpoints
-    def meta(self, epoch: int, metrics: dict) -> dict:
+    def meta(self, epoch: int, metrics: dict) -> CheckpointMeta:
         d = self.data
-        return {
-            **data_meta(d.fields, d.normalizer),
-            "padding": self.hparams["padding"],
-            "model": self.hparams,
-            "context": self.config.train.context,
-            "horizon": self.config.train.horizon,
-            "config": self.config.to_dict(),
-            "precision": self.precision,
-            "splits": {"train": d.train_spec, "val": d.val_spec, "paths": data_paths(self.config)},
-            "epoch": epoch,
-            "metrics": metrics,
-        }
+        return CheckpointMeta(
+            model=self.model.spec,
+            data=DataMeta.from_fields(d.fields, d.normalizer),
+            context=self.config.train.context,
+            horizon=self.config.train.horizon,
+            config=self.config.to_dict(),
+            precision=self.precision,
+            splits={"train": d.train_spec, "val": d.val_spec, "paths": data_paths(self.config)},
+            epoch=epoch,
+            metrics=metrics,
+        )
 
     def save_last(self) -> None:
         p = self.pos
@@ -268,22 +267,19 @@ class _Run:
     def _restore(self) -> None:
         path = self.run_dir.last
         raw, meta = read_checkpoint(path)
-        if meta.get("minconv_version") != __version__:
+        if meta.minconv_version != __version__:
             raise MinconvError(
-                f"--resume: {path} was written by minconv {meta.get('minconv_version')}, "
+                f"--resume: {path} was written by minconv {meta.minconv_version}, "
                 f"this is {__version__}"
             )
-        if meta["model"] != self.hparams:
-            diff = sorted(
-                k
-                for k in {*meta["model"], *self.hparams}
-                if meta["model"].get(k) != self.hparams.get(k)
-            )
+        if meta.model != self.model.spec:
+            stored = meta.model.to_dict()
+            diff = sorted(k for k in stored if stored[k] != self.hparams.get(k))
             raise MinconvError(
                 f"--resume: {path} holds another model (differs in {', '.join(diff)}); "
                 "resume with the run's own settings or start a new run"
             )
-        if meta.get("normalizer") != self.data.normalizer.to_dict():
+        if meta.data is None or meta.data.normalizer != self.data.normalizer.to_dict():
             raise MinconvError(
                 f"--resume: {path} was trained on other data (normalisation differs)"
             )
