@@ -1,19 +1,30 @@
 """Ensembles against the deterministic forecast, through the `minconv` commands only.
 
-For each experiment (the paper protocol of benchmarks/paper/run.py, MinConvGRU, seed 0): train a
-deterministic model and one with the ensemble training option (`train.ensemble_members=2`, fair CRPS
-in the closed loop), unless their run directories already hold a model.pt; roll out the
-deterministic forecast and 10-member ensembles at several perturbation sizes; score each ensemble
-with the deterministic forecast as `--compare`; print a table and write
-benchmarks/results/ensemble.json (plus the plots under benchmarks/results/ensemble/).
+For each experiment (the paper protocol of benchmarks/paper/run.py, MinConvGRU): train K
+deterministic models that differ only in their seed (and, with --crps, one with the ensemble
+training option `train.ensemble_members=2`), unless their run directories already hold a
+model.pt. Then
+1. calibrate: roll out the K-checkpoint ensemble (3 members each: the control and one +- pair of
+   step noise) over the validation period for each `--step-noise` S of --noise-grid and keep the S
+   whose spread/skill ratio at the longest lead (mean over the variables) is closest to 1;
+2. test: roll out on the test period the deterministic forecast of every seed and the ensembles
+   below, score each with `minconv evaluate` against the truth with the seed-0 deterministic
+   forecast (and the other seeds') as `--compare`; print a table and write
+   benchmarks/results/ensemble.json (plots under benchmarks/results/ensemble/).
 
-    python benchmarks/ensemble.py --runs runs --max-time 600
+Ensembles: `step` (K checkpoints x 3 members, step noise S: the proposed one), `seeds` (the K
+controls only: model averaging alone), `single-step` (seed 0 alone, 11 members, step noise S),
+`ic0.3` (seed 0 alone, 10 members, context perturbation 0.3: the first method), and with --crps
+`crps-ic0.1` (the CRPS-trained model, 10 members, context perturbation 0.1 as in its training).
+
+    python benchmarks/ensemble.py --runs /tmp/ens --seeds 5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -24,44 +35,33 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path("/work/shared/data")
 IBERIA = [SHARED / f"erainterim_{v}_daily_2000_2010_iberia.nc" for v in ("z500", "t850", "msl")]
 NS = [REPO / "sample_data" / "navier_stokes_16x16.nc"]
-COMMON = ["--model", "minconvgru", "--batch-size", "8", "--lr", "0.001", "--seed", "0"]
+COMMON = ["--model", "minconvgru", "--batch-size", "8", "--lr", "0.001"]
 COMMON += ["--set", "optim.weight_decay=0.01", "--set", "train.noise=0.01"]
 EXPERIMENTS = {
     "ns": {
         "data": NS,
         "train": [*COMMON, "--params", "175000", "--layers", "4", "--context", "20"]
-        + [
-            "--horizon",
-            "5",
-            "--epochs",
-            "4",
-            "--set",
-            "data.stride=10",
-            "--set",
-            "data.val_stride=5",
-        ],
-        "rollout": ["--subset", "split=test", "--context", "20", "--steps", "30"],
-        "beyond": 15.0,  # the mean must beat the deterministic forecast beyond this lead
+        + ["--horizon", "5", "--epochs", "4", "--set", "data.stride=10"]
+        + ["--set", "data.val_stride=5"],
+        "val": ["--subset", "split=val", "--context", "20", "--steps", "30"],
+        "test": ["--subset", "split=test", "--context", "20", "--steps", "30"],
+        "evaluate": [],
+        "beyond": 15.0,  # the mean must beat the deterministic forecast beyond this lead (steps)
+        "lead": "number",
     },
     "iberia": {
         "data": IBERIA,
-        "train": [
-            *COMMON,
-            "--params",
-            "35000",
-            "--layers",
-            "3",
-            "--context",
-            "20",
-            "--horizon",
-            "4",
-        ]
-        + ["--epochs", "10", "--train-period", "2000-01-01/2007-12-31"]
+        "train": [*COMMON, "--params", "35000", "--layers", "3", "--context", "20"]
+        + ["--horizon", "4", "--epochs", "10", "--train-period", "2000-01-01/2007-12-31"]
         + ["--val-period", "2008-01-01/2008-12-31", "--set", "data.stride=4"]
         + ["--set", "data.val_stride=3"],
-        "rollout": ["--subset", "2009-01-01/2010-12-31", "--init-times", "2009-01-20/2010-12-21/5D"]
+        "val": ["--subset", "2007-12-01/2008-12-31", "--init-times", "2008-01-01/2008-12-21/5D"]
         + ["--context", "20", "--steps", "10"],
+        "test": ["--subset", "2009-01-01/2010-12-31", "--init-times", "2009-01-20/2010-12-21/5D"]
+        + ["--context", "20", "--steps", "10"],
+        "evaluate": ["--climatology-period", "2000-01-01/2008-12-31"],
         "beyond": 72.0,  # hours
+        "lead": "hours",
     },
 }
 CRPS_TRAIN = ["--set", "train.ensemble_members=2", "--set", "train.ensemble_noise=0.1"]
@@ -76,50 +76,95 @@ def minconv(*argv: object) -> str:
     return done.stdout
 
 
-def train(exp: dict, run: Path, extra: list[str], max_time: float) -> Path:
+def train(exp: dict, run: Path, extra: list[object], max_time: float) -> Path:
     if not (run / "model.pt").exists():
-        minconv("train", *exp["data"], *exp["train"], *extra, "--max-time", max_time)
+        minconv("train", *exp["data"], *exp["train"], *extra, "--out", run, "--overwrite", "-q")
     return run / "model.pt"
 
 
-def summarise(records: list[dict], beyond: float, lead_key: str) -> dict:
-    """Per variable: the ensemble mean's RMSE against the deterministic one beyond `beyond`, and
-    the ensemble scores at the longest lead."""
+def rollout(exp: dict, period: str, ckpts: list[Path], out: Path, *extra: object) -> Path:
+    minconv(
+        "rollout", *ckpts, *exp["data"], *exp[period], *extra, "--out", out, "--overwrite", "-q"
+    )
+    return out
+
+
+def evaluate(exp: dict, store: Path, out: Path, compare: dict[str, Path]) -> list[dict]:
+    pairs = [w for name, path in compare.items() for w in ("--compare", f"{name}={path}")]
+    minconv("evaluate", store, *exp["data"], *pairs, *exp["evaluate"], "--out", out)
+    records = json.loads((out / "scores.json").read_text())
+    for r in records:  # the forecast under test is named after its store: call it "ens"
+        if r["forecast"] == store.stem:
+            r["forecast"] = "ens"
+    return records
+
+
+def lead_of(r: dict, kind: str) -> float:
+    return r["lead_hours"] if kind == "hours" else float(r["lead"])
+
+
+def table(records: list[dict], kind: str) -> dict:
+    """{(forecast, metric, variable): {lead: value}}."""
     out: dict = {}
-    by = {}
     for r in records:
-        by[(r["forecast"], r["metric"], r["variable"], r["lead"])] = r
-    variables = sorted({r["variable"] for r in records})
-    for v in variables:
-        leads = [
-            r
-            for r in records
-            if r["forecast"] == "ens" and r["metric"] == "rmse" and r["variable"] == v
-        ]
-        key = (lambda r: r["lead_hours"]) if lead_key == "hours" else (lambda r: float(r["lead"]))
-        leads.sort(key=key)
-        late = [r for r in leads if key(r) > beyond]
-        wins = [
-            by[("ens", "rmse", v, r["lead"])]["value"] < by[("det", "rmse", v, r["lead"])]["value"]
-            for r in late
-        ]
-        last = leads[-1]["lead"]
+        if r["value"] is not None:
+            out.setdefault((r["forecast"], r["metric"], r["variable"]), {})[lead_of(r, kind)] = r[
+                "value"
+            ]
+    return out
 
-        def at(f: str, m: str, lead: str = last, v: str = v) -> float | None:
-            rec = by.get((f, m, v, lead))
-            return None if rec is None else rec["value"]
 
+def spread_skill_last(records: list[dict], kind: str) -> float:
+    """Spread/skill of the ensemble at the longest lead, geometric mean over the variables."""
+    t = table(records, kind)
+    ratios = [
+        by_lead[max(by_lead)]
+        for (f, m, _), by_lead in t.items()
+        if f == "ens" and m == "spread_skill"
+    ]
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+
+
+def summarise(records: list[dict], exp: dict, seeds: int) -> dict:
+    """Per variable: the ensemble mean's RMSE against seed 0's deterministic forecast and against
+    the best single seed at each lead beyond `beyond`, and the ensemble scores at the longest lead."""
+    t, out = table(records, exp["lead"]), {}
+    for v in sorted({r["variable"] for r in records}):
+        mean = t[("ens", "rmse", v)]
+        dets = [t[(f"det{k}", "rmse", v)] for k in range(seeds)]
+        late = [lead for lead in sorted(mean) if lead > exp["beyond"]]
+        last = max(mean)
         out[v] = {
             "last_lead": last,
-            "rmse_det_last": at("det", "rmse"),
-            "rmse_mean_last": at("ens", "rmse"),
-            "mean_beats_det_beyond": f"{sum(wins)}/{len(wins)}",
-            "spread_skill_last": at("ens", "spread_skill"),
-            "crps_fair_last": at("ens", "crps_fair"),
-            "rmse_crps_control_last": at("crps_control", "rmse"),
-            "rmse_climatology_last": at("climatology", "rmse"),
+            "rmse_det_last": dets[0][last],
+            "rmse_best_seed_last": min(d[last] for d in dets),
+            "rmse_mean_last": mean[last],
+            "mean_beats_det_beyond": f"{sum(mean[x] < dets[0][x] for x in late)}/{len(late)}",
+            "mean_beats_every_seed_beyond": (
+                f"{sum(mean[x] < min(d[x] for d in dets) for x in late)}/{len(late)}"
+            ),
+            "mean_vs_det_beyond_pct": [round(100 * (mean[x] / dets[0][x] - 1), 2) for x in late],
+            "spread_skill": {str(x): round(t[("ens", "spread_skill", v)][x], 3) for x in mean},
+            "spread_skill_last": t[("ens", "spread_skill", v)][last],
+            "crps_fair_last": t[("ens", "crps_fair", v)][last],
+            "rmse_climatology_last": t.get(("climatology", "rmse", v), {}).get(last),
         }
     return out
+
+
+def calibrate(exp: dict, name: str, seeds: list[Path], fc: Path, grid: list[float]) -> dict:
+    """Spread/skill at the longest lead on the validation period for each step-noise size."""
+    found = {}
+    for s in grid:
+        store = rollout(exp, "val", seeds, fc / f"val-s{s}.zarr", *member_args(len(seeds), s))
+        records = evaluate(exp, store, fc / f"val-s{s}-scores", {})
+        found[s] = spread_skill_last(records, exp["lead"])
+        print(f"{name}: step noise {s}: validation spread/skill at the longest lead {found[s]:.3f}")
+    return found
+
+
+def member_args(checkpoints: int, step: float, per: int = 3) -> list[object]:
+    return ["--members", per * checkpoints, "--perturbation", 0, "--step-noise", step]
 
 
 def main() -> None:
@@ -128,90 +173,63 @@ def main() -> None:
     )
     parser.add_argument("--experiments", default="ns,iberia")
     parser.add_argument("--runs", default=str(REPO / "runs"), help="run and forecast directory")
-    parser.add_argument("--max-time", type=float, default=600, help="training budget per run, s")
-    parser.add_argument("--members", type=int, default=10)
-    parser.add_argument("--perturbations", default="0.1,0.3,1.0")
+    parser.add_argument("--max-time", type=float, default=900, help="training budget per run, s")
+    parser.add_argument("--seeds", type=int, default=5, help="deterministic models (seeds 0..)")
+    parser.add_argument("--noise-grid", default="0.5,0.75,1.0", help="step-noise sizes to try")
+    parser.add_argument("--crps", action="store_true", help="also train and score the CRPS option")
     args = parser.parse_args()
     runs = Path(args.runs)
     plots = REPO / "benchmarks" / "results" / "ensemble"
     plots.mkdir(parents=True, exist_ok=True)
-    results: dict = {"members": args.members, "experiments": {}}
+    results: dict = {"seeds": args.seeds, "experiments": {}}
     for name in args.experiments.split(","):
-        exp = EXPERIMENTS[name]
-        started = time.perf_counter()
-        det = train(
-            exp,
-            runs / f"{name}-det",
-            ["--out", runs / f"{name}-det", "--overwrite", "-q"],
-            args.max_time,
-        )
-        crps = train(
-            exp,
-            runs / f"{name}-crps",
-            [*CRPS_TRAIN, "--out", runs / f"{name}-crps", "--overwrite", "-q"],
-            args.max_time,
-        )
+        exp, started = EXPERIMENTS[name], time.perf_counter()
+        budget = ["--max-time", args.max_time]
+        seeds = [
+            train(exp, runs / f"{name}-det-s{k}", ["--seed", k, *budget]) for k in range(args.seeds)
+        ]
         fc = runs / f"{name}-forecasts"
         fc.mkdir(exist_ok=True)
-        variants = {"det": (det, None)}
-        for p in args.perturbations.split(","):
-            variants[f"ens-p{p}"] = (det, float(p))
-            variants[f"crps-p{p}"] = (crps, float(p))
-        variants["crps-det"] = (crps, None)
-        for key, (ckpt, p) in variants.items():
-            extra = [] if p is None else ["--members", args.members, "--perturbation", p]
-            minconv(
-                "rollout",
-                ckpt,
-                *exp["data"],
-                *exp["rollout"],
-                *extra,
-                "--out",
-                fc / f"{key}.zarr",
-                "--overwrite",
-                "-q",
-            )
-        lead_key = "hours" if name == "iberia" else "number"
+        found = calibrate(exp, name, seeds, fc, [float(s) for s in args.noise_grid.split(",")])
+        step = min(found, key=lambda s: abs(math.log(found[s])))
+        dets = {
+            f"det{k}": rollout(exp, "test", [c], fc / f"det{k}.zarr") for k, c in enumerate(seeds)
+        }
+        variants = {
+            "step": (seeds, member_args(len(seeds), step)),
+            "seeds": (seeds, []),
+            "single-step": (
+                seeds[:1],
+                ["--members", 11, "--perturbation", 0, "--step-noise", step],
+            ),
+            "ic0.3": (seeds[:1], ["--members", 10, "--perturbation", 0.3]),
+        }
+        if args.crps:
+            crps = train(exp, runs / f"{name}-crps", ["--seed", 0, *CRPS_TRAIN, *budget])
+            variants["crps-ic0.1"] = ([crps], ["--members", 10, "--perturbation", 0.1])
         exp_out: dict = {}
-        for key, (_, p) in variants.items():
-            if p is None:
-                continue
-            score_dir = fc / f"scores-{key}"
-            minconv(
-                "evaluate",
-                fc / f"{key}.zarr",
-                *exp["data"],
-                "--compare",
-                f"det={fc / 'det.zarr'}",
-                "--compare",
-                f"crps_control={fc / 'crps-det.zarr'}",
-                "--out",
-                score_dir,
-                "--overwrite",
-                "-q",
-                *(["--climatology-period", "2000-01-01/2008-12-31"] if name == "iberia" else []),
-            )
-            records = json.loads((score_dir / "scores.json").read_text())
-            # the forecast under test is named after its store: rename it "ens"
-            for r in records:
-                if r["forecast"] == key:
-                    r["forecast"] = "ens"
-            exp_out[key] = summarise(records, exp["beyond"], lead_key)
+        for key, (ckpts, extra) in variants.items():
+            store = rollout(exp, "test", ckpts, fc / f"{key}.zarr", *extra)
+            records = evaluate(exp, store, fc / f"scores-{key}", dets)
+            exp_out[key] = summarise(records, exp, len(seeds))
             for png in ("scores.png", "rank_histogram.png"):
-                shutil.copy(score_dir / png, plots / f"{name}-{key}-{png}")
+                shutil.copy(fc / f"scores-{key}" / png, plots / f"{name}-{key}-{png}")
         results["experiments"][name] = {
+            "validation_spread_skill": {str(s): round(r, 3) for s, r in found.items()},
+            "step_noise": step,
             "variants": exp_out,
             "seconds": round(time.perf_counter() - started),
         }
-        print(f"\n{name}: member ensemble mean vs deterministic at the longest lead")
-        print(
-            f"{'variant':>12} {'variable':>10} {'det':>10} {'mean':>10} {'wins':>6} {'ss':>6} {'crps_f':>10}"
-        )
+        print(f"\n{name} (step noise {step}): ensemble mean vs deterministic, longest lead")
+        head = f"{'variant':>12} {'var':>6} {'det':>9} {'best':>9} {'mean':>9} {'wins':>6}"
+        print(head + f" {'wins*':>6} {'ss':>5} {'crps_f':>9}")
         for key, per in exp_out.items():
             for v, s in per.items():
                 print(
-                    f"{key:>12} {v:>10} {s['rmse_det_last']:>10.4g} {s['rmse_mean_last']:>10.4g} "
-                    f"{s['mean_beats_det_beyond']:>6} {s['spread_skill_last']:>6.2f} {s['crps_fair_last']:>10.4g}"
+                    f"{key:>12} {v:>6} {s['rmse_det_last']:>9.4g} {s['rmse_best_seed_last']:>9.4g}"
+                    f" {s['rmse_mean_last']:>9.4g} {s['mean_beats_det_beyond']:>6}"
+                    f" {s['mean_beats_every_seed_beyond']:>6} {s['spread_skill_last']:>5.2f}"
+                    f" {s['crps_fair_last']:>9.4g}"
                 )
     out = REPO / "benchmarks" / "results" / "ensemble.json"
     out.write_text(json.dumps(results, indent=1) + "\n")

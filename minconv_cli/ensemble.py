@@ -32,7 +32,8 @@ class EnsembleSpec:
     Members are split over the checkpoints in contiguous, near-equal blocks (member m runs
     checkpoint m*K // members); the first member of each block is that checkpoint's unperturbed
     control, every other member has Gaussian noise of `perturbation` x the training std per
-    channel added to each context frame, smoothed over `smoothing` grid cells if > 0.
+    channel added to each context frame, smoothed over `smoothing` grid cells if > 0, and, with
+    `step_noise` > 0, a model-error term at every lead (see `step_noise_draws`).
     """
 
     members: int
@@ -40,6 +41,7 @@ class EnsembleSpec:
     perturbation: float = 0.1
     smoothing: float = 0.0
     seed: int = 0
+    step_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.members < 1:
@@ -53,6 +55,8 @@ class EnsembleSpec:
             raise MinconvError(f"--perturbation: must be 0 or more, got {self.perturbation}")
         if not (self.smoothing >= 0 and np.isfinite(self.smoothing)):
             raise MinconvError(f"--perturbation-smoothing: must be 0 or more, got {self.smoothing}")
+        if not (self.step_noise >= 0 and np.isfinite(self.step_noise)):
+            raise MinconvError(f"--step-noise: must be 0 or more, got {self.step_noise}")
 
     def checkpoint_of(self, member: int) -> int:
         """Index of the checkpoint that runs `member`."""
@@ -62,15 +66,23 @@ class EnsembleSpec:
         """The first member of each checkpoint's block runs from the unperturbed context."""
         return member == 0 or self.checkpoint_of(member - 1) != self.checkpoint_of(member)
 
+    def block_start(self, member: int) -> int:
+        """The first member (the control) of `member`'s checkpoint block."""
+        k = self.checkpoint_of(member)
+        return -(-k * self.members // self.checkpoints)
+
     def settings(self) -> dict:
         """What a resumed run must share with the store (recorded in its settings)."""
-        return {
+        out = {
             "members": self.members,
             "checkpoints": self.checkpoints,
             "perturbation": self.perturbation,
             "smoothing": self.smoothing,
             "seed": self.seed,
         }
+        if self.step_noise:  # stores made before the option keep matching their settings
+            out["step_noise"] = self.step_noise
+        return out
 
 
 def perturb(
@@ -97,6 +109,37 @@ def perturb(
             z = _smooth(z, spec.smoothing)
         out[b] += (z * scale).astype(np.float32)
     return out
+
+
+def residual_count(context: int) -> int:
+    """How many one-step residuals of the context the step noise draws from: those of its second
+    half (the first half spins the state up)."""
+    return (context - 1) - (context - 1) // 2
+
+
+def step_noise_draws(
+    spec: EnsembleSpec, keys: Sequence[tuple[int, int, int]], steps: int, pool: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model-error term of each row: which of its `pool` one-step residuals to add at each lead
+    (B, steps) and with which factor (B,): 0 for controls, +-`step_noise` otherwise.
+
+    The non-control members of a block come in antithetic pairs: both draw the same residuals, the
+    second adds them with the opposite sign, so the pair's mean keeps the model's own trajectory to
+    first order (as ECMWF's paired +- perturbations do) while its spread carries the model's error.
+    Draws are seeded by (seed, init time, sample, pair) like `perturb`, so batching and resuming
+    do not change them.
+    """
+    index = np.zeros((len(keys), steps), dtype=np.int64)
+    factor = np.zeros(len(keys), dtype=np.float32)
+    for b, (t, s, m) in enumerate(keys):
+        if spec.step_noise == 0 or spec.is_control(m):
+            continue
+        offset = m - spec.block_start(m) - 1  # 0, 1, 2, ... after the control
+        first = m - offset % 2  # the pair's first member names its draws
+        rng = np.random.default_rng([spec.seed, int(t), int(s), int(first), 1])
+        index[b] = rng.integers(0, pool, size=steps)
+        factor[b] = spec.step_noise * (1.0 if offset % 2 == 0 else -1.0)
+    return index, factor
 
 
 def _smooth(z: np.ndarray, sigma: float) -> np.ndarray:
@@ -174,7 +217,9 @@ def add_member_dim(
         "member_perturbed": (
             MEMBER_DIM,
             np.array([not spec.is_control(m) for m in range(n)]),
-            {"long_name": "context frames perturbed (False: the checkpoint's control)"},
+            {
+                "long_name": "perturbed: context frames, step noise (False: the checkpoint's control)"
+            },
         ),
     }
     flags = template[done]

@@ -218,18 +218,23 @@ def forecast(
     steps: int,
     device: Any = "cpu",
     precision: str = "fp32",
+    noise: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Leads 1..steps in physical units (B, steps, C, H, W) from context frames (B, K, C, H, W).
 
     The context is ingested in parallel mode; its last output is lead 1, then `model.step` runs
     steps-1 times carrying the state, so the cost is linear in `steps`. `precision` (resolved:
     fp32 or bf16) is that of the convolutions; state and outputs are fp32.
+    `noise` = (index (B, steps), factor (B,)) from `ensemble.step_noise_draws`: every lead gets
+    factor x one of the row's own one-step residuals on the second half of its context (teacher
+    forced, normalised units), the model's error made on this very forecast's frames.
     """
     import torch
 
+    from minconv_cli.ensemble import residual_count
     from minconv_cli.precision import autocast
 
-    x, _ = normalizer.normalize(frames)
+    x, valid = normalizer.normalize(frames)
     with torch.inference_mode(), autocast(device, precision):
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         st = None
@@ -240,9 +245,20 @@ def forecast(
             st = s.unsqueeze(0).expand(xt.shape[0], *s.shape).contiguous()
         y, state = model(xt, context=xt.shape[1], static=st, return_state=True)
         leads = y.new_empty(y.shape[0], steps, *y.shape[2:])  # filled in place, lead by lead
-        pred = leads[:, 0] = y[:, -1]
+        error = None
+        if noise is not None:
+            n = residual_count(xt.shape[1])
+            ok = torch.from_numpy(np.ascontiguousarray(valid[:, -n:])).to(device)
+            pool = torch.where(ok, xt[:, -n:] - y[:, -n - 1 : -1], 0.0)  # (B, n, C, H, W)
+            rows = torch.arange(pool.shape[0], device=device)[:, None]
+            index = torch.from_numpy(noise[0]).to(device)
+            factor = torch.from_numpy(noise[1]).to(device)[:, None, None, None]
+            error = pool[rows, index] * factor[:, None]  # (B, steps, C, H, W)
+        pred = leads[:, 0] = y[:, -1] if error is None else y[:, -1] + error[:, 0]
         for i in range(1, steps):
             pred, state = model.step(pred, state, static=st)
+            if error is not None:
+                pred = pred + error[:, i]
             leads[:, i] = pred
         out = normalizer.denormalize(leads)
         return out.float().cpu().numpy()
@@ -525,6 +541,7 @@ def rollout(
     perturbation: float = 0.1,
     perturbation_smoothing: float = 0.0,
     seed: int = 0,
+    step_noise: float = 0.0,
 ) -> RolloutResult:
     """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
 
@@ -539,7 +556,14 @@ def rollout(
     auto keeps the store's own precision). Everything is checked before anything is written.
     """
     from minconv_cli.checkpoint import load_checkpoint
-    from minconv_cli.ensemble import EnsembleSpec, add_member_dim, check_same_data, perturb
+    from minconv_cli.ensemble import (
+        EnsembleSpec,
+        add_member_dim,
+        check_same_data,
+        perturb,
+        residual_count,
+        step_noise_draws,
+    )
     from minconv_cli.precision import resolve_precision
 
     started = time.perf_counter()
@@ -554,7 +578,10 @@ def rollout(
             perturbation,
             perturbation_smoothing,
             seed,
+            step_noise,
         )
+    elif step_noise:
+        raise MinconvError("--step-noise: needs an ensemble (--members, or several checkpoints)")
     _check_request(steps, batch_size, zarr_format, mode, out, data)
     ckpt_path = paths[0]
     dev = resolve_device(device)
@@ -571,6 +598,11 @@ def rollout(
         context = max(int(each.meta.context or 1) for each in loads)
     if context < 1:
         raise MinconvError(f"--context: must be at least 1, got {context}")
+    if step_noise and residual_count(context) < 1:
+        raise MinconvError(
+            f"--step-noise: draws from the model's one-step errors on the context, so it needs "
+            f"--context of at least 2, got {context}"
+        )
     fields = meta.data.open_matching(data)
     if subset:
         fields = split_fields(fields, subset)
@@ -647,6 +679,7 @@ def rollout(
         for start in range(0, len(mine), batch_size):
             batch = mine[start : start + batch_size]
             t0 = time.perf_counter()
+            noise = None
             if spec is None:
                 frames = job.context_frames(batch)
             else:  # members of one (init, sample) share their frames: read them once
@@ -657,8 +690,10 @@ def rollout(
                 frames = read[[first[(i, s)] for i, s, _ in batch]]
                 keys = [(int(job.init_index[i]), s, pos[1]) for i, s, pos in batch]
                 frames = perturb(frames, normalizer.std, spec, keys)
+                if spec.step_noise:
+                    noise = step_noise_draws(spec, keys, steps, residual_count(context))
             t1 = time.perf_counter()
-            values = forecast(model, normalizer, frames, static, steps, dev, precision)
+            values = forecast(model, normalizer, frames, static, steps, dev, precision, noise)
             # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
             values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
             t2 = time.perf_counter()

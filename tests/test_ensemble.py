@@ -103,6 +103,41 @@ def test_several_checkpoints_split_the_members_in_blocks_each_with_its_control(s
     assert one_each.sizes["number"] == 2 and not one_each.member_perturbed.values.any()
 
 
+def test_step_noise_adds_the_models_own_one_step_errors_in_antithetic_pairs(setup):
+    import torch
+
+    from minconv_cli.checkpoint import load_checkpoint
+    from minconv_cli.data.normalize import Normalizer
+
+    tmp, data = setup
+    args = ("--members", 3, "--perturbation", 0, "--precision", "fp32", "--context", 6)
+    ens = rollout(tmp, data, tmp / "a.pt", *args, "--step-noise", 1, "ens.zarr")
+    half = rollout(tmp, data, tmp / "a.pt", *args, "--step-noise", 0.5, "half.zarr")
+    det = rollout(tmp, data, tmp / "a.pt", "--precision", "fp32", "--context", 6, "det.zarr")
+    np.testing.assert_array_equal(ens.z.isel(number=0).values, det.z.values)  # the control
+    lead1 = ens.isel(prediction_timedelta=0) - det.isel(prediction_timedelta=0)
+    for v in ("z", "t"):  # the pair's lead-1 errors are opposite, and scale with the option
+        d = lead1[v].values
+        assert np.abs(d[:, 1]).max() > 0
+        np.testing.assert_allclose(d[:, 2], -d[:, 1], rtol=1e-4, atol=1e-4 * np.abs(d).max())
+        dh = (half.isel(prediction_timedelta=0) - det.isel(prediction_timedelta=0))[v].values
+        np.testing.assert_allclose(dh, d / 2, rtol=1e-4, atol=1e-4 * np.abs(d).max())
+    # each lead-1 error is one of the model's one-step residuals on the second half of its context
+    loaded = load_checkpoint(tmp / "a.pt")
+    norm = Normalizer.from_dict(loaded.meta["normalizer"])
+    truth = xr.open_dataset(data)
+    for i, init in enumerate(ens.time.values):
+        window = truth.sel(time=slice(init - 5 * DAY, init))
+        frames = np.stack([window[c].values for c in norm.channels], axis=1)[None]
+        x = torch.from_numpy(norm.normalize(frames)[0])
+        with torch.no_grad():
+            y = loaded.model.eval()(x, context=6)
+        residuals = (x[0, 3:] - y[0, 2:5]).numpy()  # targets: context frames 4, 5, 6
+        drawn = np.stack([lead1[c].values[i, 1] for c in norm.channels]) / norm.std[:, None, None]
+        gaps = [np.abs(drawn - r).max() for r in residuals]
+        assert min(gaps) < 1e-4 * np.abs(residuals).max(), gaps
+
+
 def test_bad_ensemble_requests_are_one_line(setup):
     tmp, data = setup
     other = tmp / "other.nc"
@@ -122,6 +157,15 @@ def test_bad_ensemble_requests_are_one_line(setup):
     )
     assert "--perturbation: must be 0 or more" in one_error_line(
         invoke(tmp / "a.pt", data, *base, "--members", 2, "--perturbation", -1)
+    )
+    assert "--step-noise: must be 0 or more" in one_error_line(
+        invoke(tmp / "a.pt", data, *base, "--members", 2, "--step-noise", -1)
+    )
+    assert "--step-noise: needs an ensemble" in one_error_line(
+        invoke(tmp / "a.pt", data, *base, "--step-noise", 1)
+    )
+    assert "needs --context of at least 2, got 1" in one_error_line(
+        invoke(tmp / "a.pt", data, *base, "--members", 2, "--step-noise", 1, "--context", 1)
     )
     assert not (tmp / "x.zarr").exists()
 

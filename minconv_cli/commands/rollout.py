@@ -76,6 +76,13 @@ def rollout(
         help="Spatial correlation of the perturbations: Gaussian smoothing over this many grid "
         "cells (0: white noise).",
     ),
+    step_noise: float = typer.Option(
+        0.0,
+        "--step-noise",
+        help="Ensemble model error: at every lead, add this x one of the model's own one-step "
+        "errors on the forecast's context frames (drawn at random; members in +- pairs; the "
+        "controls get none). 0: off, 1: the model's own error size.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the ensemble perturbations."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -107,6 +114,7 @@ def rollout(
             "--perturbation-smoothing",
             perturbation_smoothing,
         ]
+        words += ["--step-noise", step_noise] if step_noise else []
         words += ["--seed", seed]
     words += [f"--{mode}"] if mode != "create" else []
     command = shlex.join(map(str, words))  # the effective request, however it was invoked
@@ -130,6 +138,7 @@ def rollout(
             perturbation=perturbation,
             perturbation_smoothing=perturbation_smoothing,
             seed=seed,
+            step_noise=step_noise,
         )
     if json_out:
         print_json(result.to_dict())
