@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from minconv_cli import __version__
 from minconv_cli.checkpoint import GridOrder
@@ -25,12 +21,18 @@ from minconv_cli.data import Fields, Normalizer, split_fields, timeaxis
 from minconv_cli.data.remote import as_source, is_url, local_path
 from minconv_cli.data.timeaxis import CalendarStep, format_step, format_time
 from minconv_cli.errors import MinconvError
+from minconv_cli.files import resolve_device
+from minconv_cli.store import (
+    DONE,
+    MODES,
+    SETTINGS_ATTR,
+    StoreWriter,
+    finish,
+    open_target,
+    store_template,
+    stored_precision,
+)
 
-DONE = "minconv_done"
-SETTINGS_ATTR = "minconv_rollout"
-LEAD_DIM = "prediction_timedelta"
-INIT_DIM = "time"
-VALID = "valid_time"  # 2-D (time, prediction_timedelta) coordinate of calendar-step stores
 Progress = Callable[[int, int], None]
 
 
@@ -264,203 +266,7 @@ def forecast(
         return out.float().cpu().numpy()
 
 
-# --------------------------------------------------------------------------- the store
-
-
-def store_template(
-    fields: Fields,
-    order: GridOrder,
-    init_index: np.ndarray,
-    steps: int,
-    step: Any,
-    attrs: dict,
-) -> tuple[xr.Dataset, dict]:
-    """The lazy template of the whole store (coordinates, empty float32 variables, done flags)
-    and its encoding (chunks of one init time and sample, NaN fill)."""
-    import dask.array as dsa
-
-    ds = fields.ds
-    y, x = fields.y_dim, fields.x_dim
-    coords: dict[str, Any] = {}
-    init_values = fields.times[init_index]
-    time_attrs = dict(ds[fields.time_dim].attrs)
-    valid = None
-    if isinstance(step, CalendarStep) or timeaxis.is_cftime(init_values):
-        # a month is no fixed timedelta, and cftime + timedelta64 does not broadcast: leads in
-        # calendar units (climpred's convention) and the true valid times as a 2-D coordinate
-        time_attrs = {k: v for k, v in time_attrs.items() if k not in ("units", "calendar")}
-        leads = np.arange(1, steps + 1)
-        valid = timeaxis.shift(init_values[:, None], step, leads[None, :])
-        if isinstance(step, CalendarStep):
-            unit = "months" if step.unit == "month" else "years"
-            lead_values = (leads * step.count).astype(np.int64)
-            lead_attrs = {"long_name": "lead time", "units": unit, "time_step": step.label()}
-        else:
-            lead_values = (leads * step).astype("timedelta64[ns]")
-            lead_attrs = {"long_name": "lead time"}
-        coords[VALID] = (
-            (INIT_DIM, LEAD_DIM),
-            valid,
-            {"long_name": "valid time (init time + lead in the data's calendar)"},
-        )
-    elif fields.time_is_datetime:
-        time_attrs = {k: v for k, v in time_attrs.items() if k not in ("units", "calendar")}
-        lead_values = (np.arange(1, steps + 1) * step).astype("timedelta64[ns]")
-        lead_attrs = {"long_name": "lead time"}
-    else:
-        lead_values = np.arange(1, steps + 1, dtype=np.float64) * float(step)
-        lead_attrs = {"long_name": "lead time", **_units_of(time_attrs)}
-    time_attrs["long_name"] = "initialisation time"
-    coords[INIT_DIM] = (INIT_DIM, init_values, time_attrs)
-    coords[LEAD_DIM] = (LEAD_DIM, lead_values, lead_attrs)
-    for d in fields.sample_dims:
-        coords[d] = (
-            (d, ds[d].values, dict(ds[d].attrs)) if d in ds.coords else (d, np.arange(ds.sizes[d]))
-        )
-    for name, c in ds.coords.items():
-        if name not in ds.dims and c.dims and set(c.dims) <= set(fields.sample_dims):
-            # fixed-width unicode has no Zarr v3 spec yet (zarr warns); object strings do
-            values = c.values.astype(object) if c.dtype.kind == "U" else c.values
-            coords[str(name)] = (c.dims, values, dict(c.attrs))
-    level = fields.level_dim
-    if level:
-        coords[level] = (level, ds[level].values, dict(ds[level].attrs))
-    for dim, flip in ((y, order.flip_y), (x, order.flip_x)):
-        values = np.asarray(ds[dim].values)
-        coords[dim] = (dim, values[::-1] if flip else values, dict(ds[dim].attrs))
-    shape_of = {**dict(ds.sizes), INIT_DIM: len(init_values), LEAD_DIM: steps}
-    sample_shape = tuple(ds.sizes[d] for d in fields.sample_dims)
-    coords[DONE] = (
-        (INIT_DIM, *fields.sample_dims),
-        np.zeros((len(init_values), *sample_shape), dtype=bool),
-        {"long_name": "forecast written (minconv rollout bookkeeping)"},
-    )
-    data_vars = {}
-    # one flag chunk per init time: a batch sets its flags in one small (atomic) chunk write
-    encoding: dict[str, Any] = {DONE: {"chunks": (1, *sample_shape)}}
-    for var in fields.variables:
-        dims = (INIT_DIM, LEAD_DIM, *fields.sample_dims)
-        if level and level in ds[var].dims:
-            dims = (*dims, level)
-        dims = (*dims, y, x)
-        shape = tuple(shape_of[d] for d in dims)
-        data_vars[var] = (
-            dims,
-            dsa.empty(shape, chunks=shape, dtype=np.float32),
-            dict(ds[var].attrs),
-        )
-        chunks = tuple(1 if d in (INIT_DIM, *fields.sample_dims) else shape_of[d] for d in dims)
-        encoding[var] = {"chunks": chunks, "_FillValue": np.float32(np.nan), "dtype": "float32"}
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
-
-
-def _units_of(attrs: dict) -> dict:
-    return {"units": attrs["units"]} if "units" in attrs else {}
-
-
-def create_store(template: xr.Dataset, encoding: dict, path: Path, zarr_format: int) -> None:
-    """Write the store's metadata and coordinates (no forecast yet) to `path`, atomically."""
-    tmp = path.with_name(f".{path.name}.minconv-new")
-    _remove(tmp)
-    with warnings.catch_warnings():
-        # zarr warns that consolidated metadata is not yet in the v3 spec; zarr-python and
-        # xarray read it, and without it every plain xr.open_zarr of a v3 store warns instead.
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        template.to_zarr(
-            tmp,
-            mode="w-",
-            compute=False,
-            zarr_format=zarr_format,
-            consolidated=True,
-            encoding=encoding,
-        )
-    os.replace(tmp, path)
-
-
-def read_done(path: Path, settings: dict) -> np.ndarray:
-    """Done flags of an existing store, after checking it was made with the same settings."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. a foreign store without consolidated metadata
-            existing = xr.open_zarr(path, consolidated=None, decode_timedelta=True)
-        old = json.loads(existing.attrs[SETTINGS_ATTR])
-        if DONE not in existing.coords or not isinstance(old, dict):
-            raise ValueError("no minconv_done flags")
-        old.setdefault("precision", "fp32")  # stores from before --precision were fp32
-    except Exception as err:  # unreadable, or not made by minconv rollout
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise MinconvError(
-            f"{path}: cannot resume, not a minconv rollout store ({reason})"
-        ) from None
-    changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
-    if changed:
-        raise MinconvError(
-            f"{path}: cannot resume, it was made with other settings ({', '.join(changed)} differ); "
-            "use --overwrite to start again"
-        )
-    return np.asarray(existing[DONE].values, dtype=bool)
-
-
-class StoreWriter:
-    """Writes finished forecasts straight into their chunks (a run of neighbours in one call),
-    then marks them done, so a killed run keeps every batch it finished."""
-
-    def __init__(self, path: Path, fields: Fields, members: bool = False) -> None:
-        import zarr
-
-        group = zarr.open_group(str(path), mode="r+")
-        # store positions are (init, [member,] *sample); the lead dim follows init [and member]
-        self.lead_axis = 2 if members else 1
-        self.done = group[DONE]
-        self.parts = []  # (zarr array, its channel range, whether it has a level dim)
-        start = 0
-        for var in fields.variables:
-            n = sum(c.variable == var for c in fields.channels)
-            has_level = fields.level_dim is not None and fields.level_dim in fields.ds[var].dims
-            self.parts.append((group[var], slice(start, start + n), has_level))
-            start += n
-
-    def write(self, items: Sequence[tuple[int, ...]], values: np.ndarray) -> None:
-        """values (B, N, C, H, W) for items at store positions (init, [member,] *sample)."""
-        runs = list(_runs(items))
-        lead = self.lead_axis
-        for (*fixed, last), b0, b1 in runs:
-            span = slice(last, last + b1 - b0)
-            for array, channels, has_level in self.parts:
-                block = values[b0:b1, :, channels]
-                block = block if has_level else block[:, :, 0]
-                if len(fixed) >= lead:  # the run lies along a dim after the lead dim
-                    index = (*fixed[:lead], slice(None), *fixed[lead:], span)
-                    array[index] = np.moveaxis(block, 0, 1)
-                else:  # the run lies along the last dim before the lead dim
-                    array[(*fixed, span)] = block
-        for (*fixed, last), b0, b1 in runs:
-            self.done[(*fixed, slice(last, last + b1 - b0))] = True
-
-
-def _runs(items: Sequence[tuple[int, ...]]):
-    """(first position, b0, b1) for each maximal run of items whose last index counts up by one."""
-    b0 = 0
-    for b in range(1, len(items) + 1):
-        prev = items[b - 1]
-        if b == len(items) or items[b] != (*prev[:-1], prev[-1] + 1):
-            yield items[b0], b0, b
-            b0 = b
-
-
 # --------------------------------------------------------------------------- the command
-
-
-def _stored_precision(path: Path) -> str:
-    """The precision an existing store was made with (fp32 before it was recorded); `auto` when
-    the store cannot be read (resuming then fails with its own message)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            attrs = xr.open_zarr(path, consolidated=None).attrs
-        return str(json.loads(attrs[SETTINGS_ATTR]).get("precision", "fp32"))
-    except Exception:
-        return "auto"
 
 
 def file_sha256(path: Path) -> str:
@@ -469,21 +275,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def resolve_device(device: str) -> Any:
-    """`auto` picks CUDA when available; anything else is passed to torch as is."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise MinconvError(f"--device: {err}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MinconvError("--device: CUDA is not available on this machine")
-    return dev
 
 
 @dataclass
@@ -586,7 +377,7 @@ def rollout(
     ckpt_path = paths[0]
     dev = resolve_device(device)
     if precision == "auto" and mode == "resume" and out.exists():
-        precision = _stored_precision(out)
+        precision = stored_precision(out)
     precision = resolve_precision(precision, dev, "--precision")
     loads = [load_checkpoint(p, map_location=dev) for p in paths]
     for each, path in zip(loads, paths, strict=True):
@@ -650,15 +441,7 @@ def rollout(
     template, encoding = store_template(fields, order, job.init_index, steps, step, attrs)
     if spec is not None:
         template, encoding = add_member_dim(template, encoding, spec, DONE)
-    target = out
-    if out.exists() and mode == "resume":
-        done = read_done(out, settings)
-    else:
-        if out.exists():  # overwrite: build beside it, swap in when complete
-            target = out.with_name(f".{out.name}.minconv-partial")
-            _remove(target)  # left by an interrupted overwrite
-        create_store(template, encoding, target, zarr_format)
-        done = np.zeros(template[DONE].shape, dtype=bool)
+    target, done = open_target(out, mode, template, encoding, settings, zarr_format)
     clock["write"] += time.perf_counter() - t0
     todo = job.sequences()
     if spec is not None:  # store positions (init, member, *sample), in store order
@@ -704,8 +487,7 @@ def rollout(
             finished += len(batch)
             if progress:
                 progress(finished, len(todo))
-    if target != out:
-        _swap_in(target, out)
+    finish(target, out)
     return RolloutResult(
         path=str(out),
         init_times=init_labels,
@@ -729,7 +511,7 @@ def _check_request(
     data: Sequence[str | Path],
 ) -> None:
     """Option values and the output path, before anything is opened."""
-    if mode not in ("create", "overwrite", "resume"):
+    if mode not in MODES:
         raise ValueError(f"rollout mode: expected create, overwrite or resume, got {mode!r}")
     if steps < 1:
         raise MinconvError(f"--steps: must be at least 1, got {steps}")
@@ -745,19 +527,3 @@ def _check_request(
         )
     if any(out.resolve() == p.resolve() for p in data if isinstance(p, Path)):
         raise MinconvError(f"{out}: is also an input file")
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Replace `out` by the completed store `new` (the old one is removed only afterwards)."""
-    old = out.with_name(f".{out.name}.minconv-old")
-    _remove(old)
-    os.replace(out, old)
-    os.replace(new, out)
-    _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
