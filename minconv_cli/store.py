@@ -61,10 +61,54 @@ def store_template(
 
     ds = fields.ds
     y, x = fields.y_dim, fields.x_dim
+    coords = _time_coords(fields, init_index, steps, step)
+    for d in fields.sample_dims:
+        coords[d] = (
+            (d, ds[d].values, dict(ds[d].attrs)) if d in ds.coords else (d, np.arange(ds.sizes[d]))
+        )
+    for name, c in ds.coords.items():
+        if name not in ds.dims and c.dims and set(c.dims) <= set(fields.sample_dims):
+            # fixed-width unicode has no Zarr v3 spec yet (zarr warns); object strings do
+            values = c.values.astype(object) if c.dtype.kind == "U" else c.values
+            coords[str(name)] = (c.dims, values, dict(c.attrs))
+    level = fields.level_dim
+    if level:
+        coords[level] = (level, ds[level].values, dict(ds[level].attrs))
+    for dim, flip in ((y, order.flip_y), (x, order.flip_x)):
+        values = np.asarray(ds[dim].values)
+        coords[dim] = (dim, values[::-1] if flip else values, dict(ds[dim].attrs))
+    shape_of = {**dict(ds.sizes), INIT_DIM: len(init_index), LEAD_DIM: steps}
+    sample_shape = tuple(ds.sizes[d] for d in fields.sample_dims)
+    coords[DONE] = (
+        (INIT_DIM, *fields.sample_dims),
+        np.zeros((len(init_index), *sample_shape), dtype=bool),
+        {"long_name": "forecast written (minconv rollout bookkeeping)"},
+    )
+    data_vars = {}
+    # one flag chunk per init time: a batch sets its flags in one small (atomic) chunk write
+    encoding: dict[str, Any] = {DONE: {"chunks": (1, *sample_shape)}}
+    for var in fields.variables:
+        dims = (INIT_DIM, LEAD_DIM, *fields.sample_dims)
+        if level and level in ds[var].dims:
+            dims = (*dims, level)
+        dims = (*dims, y, x)
+        shape = tuple(shape_of[d] for d in dims)
+        data_vars[var] = (
+            dims,
+            dsa.empty(shape, chunks=shape, dtype=np.float32),
+            dict(ds[var].attrs),
+        )
+        chunks = tuple(1 if d in (INIT_DIM, *fields.sample_dims) else shape_of[d] for d in dims)
+        encoding[var] = {"chunks": chunks, "_FillValue": np.float32(np.nan), "dtype": "float32"}
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
+
+
+def _time_coords(fields: Fields, init_index: np.ndarray, steps: int, step: Any) -> dict[str, Any]:
+    """The init time and lead coordinates (and `valid_time` where leads are calendar units or
+    the init times cftime)."""
     coords: dict[str, Any] = {}
     init_values = fields.times[init_index]
-    time_attrs = dict(ds[fields.time_dim].attrs)
-    valid = None
+    time_attrs = dict(fields.ds[fields.time_dim].attrs)
     if isinstance(step, CalendarStep) or timeaxis.is_cftime(init_values):
         # a month is no fixed timedelta, and cftime + timedelta64 does not broadcast: leads in
         # calendar units (climpred's convention) and the true valid times as a 2-D coordinate
@@ -93,45 +137,7 @@ def store_template(
     time_attrs["long_name"] = "initialisation time"
     coords[INIT_DIM] = (INIT_DIM, init_values, time_attrs)
     coords[LEAD_DIM] = (LEAD_DIM, lead_values, lead_attrs)
-    for d in fields.sample_dims:
-        coords[d] = (
-            (d, ds[d].values, dict(ds[d].attrs)) if d in ds.coords else (d, np.arange(ds.sizes[d]))
-        )
-    for name, c in ds.coords.items():
-        if name not in ds.dims and c.dims and set(c.dims) <= set(fields.sample_dims):
-            # fixed-width unicode has no Zarr v3 spec yet (zarr warns); object strings do
-            values = c.values.astype(object) if c.dtype.kind == "U" else c.values
-            coords[str(name)] = (c.dims, values, dict(c.attrs))
-    level = fields.level_dim
-    if level:
-        coords[level] = (level, ds[level].values, dict(ds[level].attrs))
-    for dim, flip in ((y, order.flip_y), (x, order.flip_x)):
-        values = np.asarray(ds[dim].values)
-        coords[dim] = (dim, values[::-1] if flip else values, dict(ds[dim].attrs))
-    shape_of = {**dict(ds.sizes), INIT_DIM: len(init_values), LEAD_DIM: steps}
-    sample_shape = tuple(ds.sizes[d] for d in fields.sample_dims)
-    coords[DONE] = (
-        (INIT_DIM, *fields.sample_dims),
-        np.zeros((len(init_values), *sample_shape), dtype=bool),
-        {"long_name": "forecast written (minconv rollout bookkeeping)"},
-    )
-    data_vars = {}
-    # one flag chunk per init time: a batch sets its flags in one small (atomic) chunk write
-    encoding: dict[str, Any] = {DONE: {"chunks": (1, *sample_shape)}}
-    for var in fields.variables:
-        dims = (INIT_DIM, LEAD_DIM, *fields.sample_dims)
-        if level and level in ds[var].dims:
-            dims = (*dims, level)
-        dims = (*dims, y, x)
-        shape = tuple(shape_of[d] for d in dims)
-        data_vars[var] = (
-            dims,
-            dsa.empty(shape, chunks=shape, dtype=np.float32),
-            dict(ds[var].attrs),
-        )
-        chunks = tuple(1 if d in (INIT_DIM, *fields.sample_dims) else shape_of[d] for d in dims)
-        encoding[var] = {"chunks": chunks, "_FillValue": np.float32(np.nan), "dtype": "float32"}
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
+    return coords
 
 
 def _units_of(attrs: dict) -> dict:

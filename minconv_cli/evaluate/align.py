@@ -123,6 +123,61 @@ def align(
     """
     ds = store.ds
     pair = f"{store.path} vs {truth.path_label}"
+    init, lead, valid = _valid_times(store, truth, pair)
+    valid_pos = _time_indexer(truth.times, valid, truth.time_step)
+    init_pos = _time_indexer(truth.times, init, truth.time_step)
+    ok = valid_pos >= 0
+    notes = []
+    if with_persistence and ok.any():
+        if not (ok & (init_pos >= 0)[:, None]).any():
+            with_persistence = False
+            notes.append("persistence left out: no init time of the forecast is in the truth")
+        else:
+            ok &= (init_pos >= 0)[:, None]
+    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+    if not ok.any():
+        raise MinconvError(
+            f"{pair}: no overlapping times: forecast valid times {label(valid.min())} to "
+            f"{label(valid.max())}, truth {label(truth.times[0])} to {label(truth.times[-1])}"
+        )
+    ok = ok[np.ix_(rows, cols)]
+    sub = ds.isel({INIT_DIM: rows, LEAD_DIM: cols})
+    case = {"dims": (INIT_DIM, LEAD_DIM), "coords": {d: sub[d] for d in (INIT_DIM, LEAD_DIM)}}
+    done = sub[DONE] if DONE in sub.coords else None
+    if done is not None and not bool(done.all()):
+        notes.append(
+            f"{int((~done).sum())} of {done.size} forecast sequences are unfinished and not scored"
+        )
+    cases = _Cases(
+        sub=sub,
+        done=done,
+        mask=xr.DataArray(ok, **case),
+        pos=xr.DataArray(np.where(ok, valid_pos[np.ix_(rows, cols)], 0), **case),
+        init_pos=init_pos[rows] if with_persistence else None,
+        lazy=sum(sub[v].nbytes for v in store.variables) >= load_below,
+    )
+    forecast, truth_at, persistence = _gather(store, truth, pair, cases)
+    scored_valid = valid[np.ix_(rows, cols)][ok]
+    overlap = {
+        "forecast": store.name,
+        "init_times": {**span(init[rows]), "of": int(len(init))},
+        "leads": {**lead_span(lead[cols], store.lead_unit), "of": int(len(lead))},
+        "valid_times": span(scored_valid),
+        "cases": int(ok.sum()),
+        "of_cases": int(valid.size),
+        "notes": notes,
+    }
+    # unscored cases take a scored valid time, so that lookups (climatology) never miss on them
+    valid_da = xr.DataArray(np.where(ok, valid[np.ix_(rows, cols)], scored_valid[0]), **case)
+    return Aligned(store, forecast, truth_at, persistence, valid_da, overlap)
+
+
+def _valid_times(
+    store: ForecastStore, truth: Fields, pair: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(init times, leads, valid times (init, lead)) of the store, after checking that its time
+    axis is of the truth's kind and calendar."""
+    ds = store.ds
     if store.is_dated != truth.time_is_datetime:
         kind = "datetime" if truth.time_is_datetime else "numeric"
         raise MinconvError(
@@ -146,44 +201,35 @@ def align(
             init = init.astype("datetime64[ns]")
             lead = lead.astype("timedelta64[ns]")
         valid = init[:, None] + lead[None, :]
-    valid_pos = _time_indexer(truth.times, valid, truth.time_step)
-    init_pos = _time_indexer(truth.times, init, truth.time_step)
-    ok = valid_pos >= 0
-    notes = []
-    if with_persistence and ok.any():
-        if not (ok & (init_pos >= 0)[:, None]).any():
-            with_persistence = False
-            notes.append("persistence left out: no init time of the forecast is in the truth")
-        else:
-            ok &= (init_pos >= 0)[:, None]
-    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
-    if not ok.any():
-        raise MinconvError(
-            f"{pair}: no overlapping times: forecast valid times {label(valid.min())} to "
-            f"{label(valid.max())}, truth {label(truth.times[0])} to {label(truth.times[-1])}"
-        )
-    ok = ok[np.ix_(rows, cols)]
-    sub = ds.isel({INIT_DIM: rows, LEAD_DIM: cols})
-    case = {"dims": (INIT_DIM, LEAD_DIM), "coords": {d: sub[d] for d in (INIT_DIM, LEAD_DIM)}}
-    mask = xr.DataArray(ok, **case)
-    pos = xr.DataArray(np.where(ok, valid_pos[np.ix_(rows, cols)], 0), **case)
-    done = sub[DONE] if DONE in sub.coords else None
-    if done is not None and not bool(done.all()):
-        notes.append(
-            f"{int((~done).sum())} of {done.size} forecast sequences are unfinished and not scored"
-        )
+    return init, lead, valid
 
+
+@dataclass
+class _Cases:
+    """The scored part of a store: its overlap `sub`, done flags, which (init, lead) cases are
+    scored (`mask`), their truth positions (`pos`) and those of the init times (persistence)."""
+
+    sub: xr.Dataset
+    done: xr.DataArray | None
+    mask: xr.DataArray
+    pos: xr.DataArray
+    init_pos: np.ndarray | None  # None: no persistence
+    lazy: bool
+
+
+def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases):
+    """Per variable: the forecast, the truth at its valid times and (if asked) persistence."""
     tds = to_forecast_grid(truth.ds, roles_of(truth), store, pair).rename(
         {truth.time_dim: TRUTH_TIME}
     )
-    lazy = sum(sub[v].nbytes for v in store.variables) >= load_below
+    sub = cases.sub
     forecast, truth_at, persistence = {}, {}, {}
     for v in store.variables:
         fc = sub[v]
-        if done is not None:
-            fc = fc.where(done)
+        if cases.done is not None:
+            fc = fc.where(cases.done)
         src = tds[v]
-        if lazy:  # blocks of init times; the truth is gathered lazily, block by block
+        if cases.lazy:  # blocks of init times; the truth is gathered lazily, block by block
             block = _block(fc)
             fc = fc.chunk(
                 {INIT_DIM: block, LEAD_DIM: -1, **({MEMBER_DIM: -1} if store.members else {})}
@@ -191,26 +237,12 @@ def align(
             src = src.chunk({TRUTH_TIME: block})
         else:
             fc = fc.load()
-        at = src.isel({TRUTH_TIME: pos}).drop_vars(TRUTH_TIME, errors="ignore").where(mask)
+        at = src.isel({TRUTH_TIME: cases.pos}).drop_vars(TRUTH_TIME, errors="ignore")
         forecast[v] = fc
-        truth_at[v] = like(at.transpose(*fc.dims, missing_dims="ignore"), fc)
-        if with_persistence:
-            ip = xr.DataArray(init_pos[rows], dims=(INIT_DIM,), coords={INIT_DIM: sub[INIT_DIM]})
+        truth_at[v] = like(at.where(cases.mask).transpose(*fc.dims, missing_dims="ignore"), fc)
+        if cases.init_pos is not None:
+            ip = xr.DataArray(cases.init_pos, dims=(INIT_DIM,), coords={INIT_DIM: sub[INIT_DIM]})
             persistence[v] = like(
                 src.isel({TRUTH_TIME: ip}).drop_vars(TRUTH_TIME, errors="ignore"), fc
             )
-    scored_valid = valid[np.ix_(rows, cols)][ok]
-    overlap = {
-        "forecast": store.name,
-        "init_times": {**span(init[rows]), "of": int(len(init))},
-        "leads": {**lead_span(lead[cols], store.lead_unit), "of": int(len(lead))},
-        "valid_times": span(scored_valid),
-        "cases": int(ok.sum()),
-        "of_cases": int(valid.size),
-        "notes": notes,
-    }
-    # unscored cases take a scored valid time, so that lookups (climatology) never miss on them
-    valid_da = xr.DataArray(np.where(ok, valid[np.ix_(rows, cols)], scored_valid[0]), **case)
-    return Aligned(
-        store, forecast, truth_at, persistence if with_persistence else None, valid_da, overlap
-    )
+    return forecast, truth_at, persistence if cases.init_pos is not None else None

@@ -23,6 +23,7 @@ from minconv_cli.ensemble import ENSEMBLE_METRICS, RANK_DIM, RANK_HISTOGRAM, ens
 from minconv_cli.errors import MinconvError
 from minconv_cli.evaluate.align import LOAD_BELOW_BYTES, Aligned, align, like, to_forecast_grid
 from minconv_cli.evaluate.climatology import (
+    Climatology,
     ClimatologyGap,
     climatology_at,
     climatology_from_file,
@@ -133,6 +134,34 @@ def evaluate(
         raise MinconvError("--metrics: give at least one of " + ", ".join(METRICS))
     if climatology is not None and climatology_period is not None:
         raise MinconvError("--climatology and --climatology-period: give one or the other")
+    stores = _open_stores(forecast, compare)
+    variables = list(dict.fromkeys(v for s in stores for v in s.variables))
+    main = stores[0]
+    fields = open_fields(truth, variables=variables)
+    aligned = [
+        align(s, fields, with_persistence="persistence" in refs and s is main) for s in stores
+    ]
+    notes = [f"{a.store.name}: {n}" for a in aligned for n in a.overlap.pop("notes")]
+    clim = None
+    if "climatology" in refs or "acc" in wanted:
+        clim = _climatology(fields, variables, main, climatology, climatology_period, notes)
+    lazy, clim_main = _store_scores(aligned, clim, wanted, notes)
+    lazy_refs = _reference_scores(aligned[0], clim_main, refs, wanted)
+    used_refs = list(dict.fromkeys(ref for ref, _ in lazy_refs))
+    lazy.update(lazy_refs)
+    keys = list(lazy)
+    with dask_progress(progress, every=50), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
+        computed = dask.compute(*[xr.Dataset(lazy[k]) for k in keys])
+    by_name = {s.name: s for s in stores}
+    results = {
+        k: _finish_ensemble(ds, by_name.get(k[0])) for k, ds in zip(keys, computed, strict=True)
+    }
+    return _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+
+
+def _open_stores(forecast: str | Path, compare: Sequence[str]) -> list[ForecastStore]:
+    """FORECAST and the `--compare` forecasts, under distinct names."""
     stores = [open_forecast(forecast)]
     for spec in compare:
         name, path = parse_compare(spec)
@@ -141,29 +170,38 @@ def evaluate(
     clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(REFERENCES)))
     if clash:
         raise MinconvError(f"--compare: forecast name(s) {clash} used twice; name them NAME=PATH")
-    variables = list(dict.fromkeys(v for s in stores for v in s.variables))
-    main = stores[0]
-    fields = open_fields(truth, variables=variables)
-    aligned = [
-        align(s, fields, with_persistence="persistence" in refs and s is main) for s in stores
-    ]
-    notes = [f"{a.store.name}: {n}" for a in aligned for n in a.overlap.pop("notes")]
+    return stores
 
-    clim = None
-    if "climatology" in refs or "acc" in wanted:
-        if climatology is not None:
-            clim = climatology_from_file(as_source(climatology), variables, fields.time_is_datetime)
-        else:
-            first_init = main.ds[INIT_DIM].values.min()
-            clim = climatology_from_truth(fields, variables, climatology_period, first_init)
-            if clim is None:
-                notes.append(
-                    "no climatology: the truth has no times before the first init time; "
-                    "climatology and ACC left out (give --climatology-period or --climatology)"
-                )
-        if clim is not None:
-            notes.append(f"climatology: {clim.source}")
 
+def _climatology(
+    fields: Fields,
+    variables: list[str],
+    main: ForecastStore,
+    path: str | Path | None,
+    period: str | None,
+    notes: list[str],
+) -> Climatology | None:
+    """The climatology from a file, else from the truth (None, with a note, when it has none)."""
+    if path is not None:
+        clim = climatology_from_file(as_source(path), variables, fields.time_is_datetime)
+    else:
+        first_init = main.ds[INIT_DIM].values.min()
+        clim = climatology_from_truth(fields, variables, period, first_init)
+        if clim is None:
+            notes.append(
+                "no climatology: the truth has no times before the first init time; "
+                "climatology and ACC left out (give --climatology-period or --climatology)"
+            )
+    if clim is not None:
+        notes.append(f"climatology: {clim.source}")
+    return clim
+
+
+def _store_scores(
+    aligned: list[Aligned], clim: Climatology | None, wanted: list[str], notes: list[str]
+) -> tuple[dict, dict[str, xr.DataArray] | None]:
+    """The lazy reductions of every (store, variable), and the climatology at the main store's
+    valid times (None without one)."""
     lazy: dict[tuple[str, str], dict[str, xr.DataArray]] = {}
     clim_main: dict[str, xr.DataArray] | None = None
     for a in aligned:
@@ -180,41 +218,31 @@ def evaluate(
                     raise
                 notes.append(f"climatology and ACC left out: {gap}")
                 clim = None
-        if a.store is main:
+        if a is aligned[0]:
             clim_main = clim_at
         for v in a.store.variables:
             c = clim_at[v] if clim_at is not None else None
             lazy[(a.store.name, v)] = _lazy_scores(a.forecast[v], a.truth[v], c, a.store, wanted)
-    main_aligned = aligned[0]
-    used_refs = []
+    return lazy, clim_main
+
+
+def _reference_scores(
+    main: Aligned, clim_main: dict[str, xr.DataArray] | None, refs: list[str], wanted: list[str]
+) -> dict[tuple[str, str], dict[str, xr.DataArray]]:
+    """The lazy reductions of the reference forecasts (persistence, climatology) that exist."""
+    lazy = {}
     for ref in refs:
-        for v in main.variables:
-            if ref == "persistence" and main_aligned.persistence is not None:
-                ref_fc = main_aligned.persistence[v]
+        for v in main.store.variables:
+            if ref == "persistence" and main.persistence is not None:
+                ref_fc = main.persistence[v]
             elif ref == "climatology" and clim_main is not None:
                 ref_fc = clim_main[v]
             else:
                 continue
-            ref_fc = like(ref_fc.broadcast_like(main_aligned.truth[v]), main_aligned.truth[v])
+            ref_fc = like(ref_fc.broadcast_like(main.truth[v]), main.truth[v])
             c = clim_main[v] if clim_main is not None else None
-            lazy[(ref, v)] = _lazy_scores(ref_fc, main_aligned.truth[v], c, main, wanted)
-            if ref not in used_refs:
-                used_refs.append(ref)
-
-    keys = list(lazy)
-    with (
-        dask_progress(progress, every=50),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
-        computed = dask.compute(*[xr.Dataset(lazy[k]) for k in keys])
-    results = {
-        k: _finish_ensemble(
-            ds, next(s for s in stores if s.name == k[0]) if k[0] in names else None
-        )
-        for k, ds in zip(keys, computed, strict=True)
-    }
-    return _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+            lazy[(ref, v)] = _lazy_scores(ref_fc, main.truth[v], c, main.store, wanted)
+    return lazy
 
 
 def _finish_ensemble(ds: xr.Dataset, store: ForecastStore | None) -> xr.Dataset:
@@ -244,17 +272,7 @@ def _assemble(
     main = stores[0]
     leads = np.unique(np.concatenate([r[LEAD_DIM].values for r in results.values()]))
     names = [s.name for s in stores] + refs
-    # per (name, channel): a Dataset over all leads, levels split into channels
-    per: dict[tuple[str, str], xr.Dataset] = {}
-    units: dict[str, str] = {}
-    for (name, v), ds in results.items():
-        ds = ds.reindex({LEAD_DIM: leads})
-        level = main.level_dim if main.level_dim in ds.dims else None
-        for lv in ds[level].values.tolist() if level else [None]:
-            part = ds.sel({level: lv}) if level else ds
-            ch = _channel_name(fields, v, lv) if level else v
-            per[(name, ch)] = part.drop_vars(level, errors="ignore") if level else part
-            units[ch] = str(fields.ds[v].attrs.get("units", ""))
+    per, units = _per_channel(results, main, fields, leads)
     channels = list(dict.fromkeys(ch for _, ch in per))
     metric_names = [m for m in wanted] + [f"skill_vs_{r}" for r in refs]
     if any(s.members for s in stores):
@@ -276,6 +294,57 @@ def _assemble(
         coords={"forecast": names, "metric": metric_names, "variable": channels, "lead": leads},
         name="score",
     )
+    records = _fill(table, per, metric_names, leads, main.lead_unit, notes)
+    if main.lead_unit:
+        table["lead"].attrs["units"] = main.lead_unit
+    if main.lead_is_time:
+        table = table.assign_coords(
+            lead_hours=("lead", [lead_hours(x) for x in leads], {"units": "hours"})
+        )
+    return Scores(
+        records=records,
+        table=table,
+        overlap=[a.overlap for a in aligned],
+        notes=notes,
+        units=units,
+        forecasts=[s.name for s in stores],
+        references=refs,
+        lead_is_time=main.lead_is_time,
+        truth=fields.path_label,
+        meta={s.name: str(s.path) for s in stores},
+        rank_histograms=rank_hists,
+    )
+
+
+def _per_channel(
+    results: dict[tuple[str, str], xr.Dataset],
+    main: ForecastStore,
+    fields: Fields,
+    leads: np.ndarray,
+) -> tuple[dict[tuple[str, str], xr.Dataset], dict[str, str]]:
+    """Per (name, channel): a Dataset over all leads, levels split into channels; and the units."""
+    per: dict[tuple[str, str], xr.Dataset] = {}
+    units: dict[str, str] = {}
+    for (name, v), ds in results.items():
+        ds = ds.reindex({LEAD_DIM: leads})
+        level = main.level_dim if main.level_dim in ds.dims else None
+        for lv in ds[level].values.tolist() if level else [None]:
+            part = ds.sel({level: lv}) if level else ds
+            ch = _channel_name(fields, v, lv) if level else v
+            per[(name, ch)] = part.drop_vars(level, errors="ignore") if level else part
+            units[ch] = str(fields.ds[v].attrs.get("units", ""))
+    return per, units
+
+
+def _fill(
+    table: xr.DataArray,
+    per: dict[tuple[str, str], xr.Dataset],
+    metric_names: list[str],
+    leads: np.ndarray,
+    lead_unit: str | None,
+    notes: list[str],
+) -> list[dict]:
+    """Fill `table` and return the records; undefined values are null with one note per kind."""
     records = []
     undefined: dict[tuple, tuple[dict, dict]] = {}  # (forecast, metric, note) -> channels, leads
     for (name, ch), ds in per.items():
@@ -293,12 +362,12 @@ def _assemble(
                     kind = "empty" if count == 0 else ("skill" if m.startswith("skill") else m)
                     note = UNDEFINED.get(kind, UNDEFINED["empty"])
                     seen = undefined.setdefault((name, m, note), ({}, {}))
-                    seen[0][ch], seen[1][format_lead(lead, main.lead_unit)] = None, None
+                    seen[0][ch], seen[1][format_lead(lead, lead_unit)] = None, None
                 records.append(
                     {
                         "forecast": name,
                         "variable": ch,
-                        "lead": format_lead(lead, main.lead_unit),
+                        "lead": format_lead(lead, lead_unit),
                         "lead_hours": lead_hours(lead),
                         "metric": m,
                         "value": value if note is None else None,
@@ -308,23 +377,4 @@ def _assemble(
     for (name, m, note), (chs, at) in undefined.items():
         where = "every lead" if len(at) == len(leads) else "lead " + ", ".join(at)
         notes.append(f"{name} {m} of {', '.join(chs)} at {where}: {note} (null in the records)")
-    lead_is_time = main.lead_is_time
-    if main.lead_unit:
-        table["lead"].attrs["units"] = main.lead_unit
-    if lead_is_time:
-        table = table.assign_coords(
-            lead_hours=("lead", [lead_hours(x) for x in leads], {"units": "hours"})
-        )
-    return Scores(
-        records=records,
-        table=table,
-        overlap=[a.overlap for a in aligned],
-        notes=notes,
-        units=units,
-        forecasts=[s.name for s in stores],
-        references=refs,
-        lead_is_time=lead_is_time,
-        truth=fields.path_label,
-        meta={s.name: str(s.path) for s in stores},
-        rank_histograms=rank_hists,
-    )
+    return records
