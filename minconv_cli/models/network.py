@@ -68,11 +68,7 @@ class RecurrentForecaster(nn.Module):
         self.grid = grid
         self.predict = spec.predict
         self.time_chunk = spec.time_chunk
-        conv_kwargs = {
-            "kernel_size": spec.kernel_size,
-            "padding": spec.padding,
-            "cylinder_pad": spec.cylinder_pad,
-        }
+        conv_kwargs = spec.conv_options()
         self.encoder = nn.Conv2d(spec.in_channels, widths[0], 1)
         self.cells = nn.ModuleList()
         self.projections = nn.ModuleList()

@@ -4,7 +4,8 @@ Every architecture option is a field here, with its default and (for string opti
 `create_model(spec)` builds it, a model keeps its resolved spec (`model.spec`; `model.hparams` is
 `asdict(model.spec)`), a checkpoint stores that dict and rebuilds from it, and the training
 config's `model` section (`config.ModelConfig`) is this class with training defaults. Adding an
-option means: a field here, the code that uses it (a cell, the network), and its test.
+option means: a field here, the code that uses it (a cell, the network, or the convolution: a
+`conv` field reaches `GridConv2d` through `conv_options()`), and its test.
 
 Fields marked `from_data` (channels, grid, per-layer widths) are set from the data when training,
 never by config keys.
@@ -24,9 +25,16 @@ MODEL_NAMES = ("minconvgru", "minconvlstm", "minconvexplstm", "convgru", "convls
 NORM_CHOICES = ("auto", *NORMS)
 
 
-def choice(default: str, choices: tuple[str, ...], label: str | None = None) -> Any:
+def choice(
+    default: str, choices: tuple[str, ...], label: str | None = None, conv: bool = False
+) -> Any:
     """A string field with its allowed values (checked by `ModelSpec.validated` and the config)."""
-    return field(default=default, metadata={"choices": choices, "label": label})
+    return field(default=default, metadata={"choices": choices, "label": label, "conv": conv})
+
+
+def conv_option(default: Any) -> Any:
+    """A field every cell's convolution (`GridConv2d`) takes as a keyword (`conv_options()`)."""
+    return field(default=default, metadata={"conv": True})
 
 
 def from_data(default: Any) -> Any:
@@ -45,8 +53,8 @@ class ModelSpec:
     out_channels: int | None = from_data(None)
     width: int = 32
     layers: int = 2
-    kernel_size: int = 3
-    padding: str = choice("zeros", PADDINGS)
+    kernel_size: int = conv_option(3)
+    padding: str = choice("zeros", PADDINGS, conv=True)
     norm: str = choice("layer", NORM_CHOICES)
     grid: list[int] | None = from_data(None)  # (H, W); needed by norm="layer" and peepholes
     widths: list[int] | None = from_data(None)  # per layer; overrides width and layers
@@ -54,7 +62,7 @@ class ModelSpec:
     static_channels: int = from_data(0)  # inputs that are not predicted
     scan_backend: str = choice("auto", CELL_BACKENDS)  # Min cells' recurrence
     peepholes: bool = False  # convlstm
-    cylinder_pad: str = choice("zeros", CYLINDER_PADS)  # padding="cylinder" at the poles
+    cylinder_pad: str = choice("zeros", CYLINDER_PADS, conv=True)  # cylinder padding at the poles
     norm_groups: int = 1  # norm="group"
     time_chunk: int = 0  # teacher-forced frames per conv+scan chunk; 0: sized to the cache
 
@@ -69,6 +77,14 @@ class ModelSpec:
                 f"create_model options: expected some of {', '.join(known)}, got {', '.join(unknown)}"
             )
         return cls(**values)
+
+    def conv_options(self) -> dict[str, Any]:
+        """The keywords of every cell's convolution: the fields marked `conv`."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("conv")
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: what checkpoints store as `model` (and what `model.hparams` is)."""
