@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from minconv_cli.data import Fields, timeaxis
+from minconv_cli.data.splits import read_time, time_range
 from minconv_cli.data.timeaxis import CalendarStep, format_step, format_time
 from minconv_cli.errors import MinconvError
 
@@ -84,16 +85,16 @@ def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
     """
     pieces = part.split("/")
     if len(pieces) == 1:
-        return [_parse_time(pieces[0], fields)]
+        return [read_time(fields, pieces[0], "--init-times")]
     if len(pieces) not in (2, 3):
         raise MinconvError(f"--init-times: {part!r} is not start/stop or start/stop/stride")
-    start = _parse_time(pieces[0], fields)
-    stop = _parse_time(pieces[1], fields, whole_day=True)
+    start = read_time(fields, pieces[0], "--init-times")
+    stop = read_time(fields, pieces[1], "--init-times", end=True)
     stride = _parse_stride(pieces[2], fields) if len(pieces) == 3 else step
     if stop < start:
         raise MinconvError(f"--init-times: range {part!r} ends before it starts")
     times = timeaxis.as_axis(fields.times)
-    inside = times[(times >= start) & (times <= stop)]
+    inside = times[time_range(fields, pieces[0], pieces[1], "--init-times")]
     if inside.size == 0:
         raise MinconvError(
             f"--init-times: no time of the data lies in {part!r} "
@@ -111,16 +112,6 @@ def _expand(part: str, fields: Fields, step: Any) -> list[Any]:
         ratio = (inside - inside[0]) / stride
         keep = np.abs(ratio - np.round(ratio)) < 1e-6
     return list(inside[keep])
-
-
-def _parse_time(text: str, fields: Fields, whole_day: bool = False) -> Any:
-    try:
-        if fields.time_is_datetime:  # a date, month or year alone ends at its last instant
-            return timeaxis.parse_time(text, fields.times, end=whole_day)
-        return float(text)
-    except (ValueError, TypeError):
-        kind = "a date/time" if fields.time_is_datetime else "a number"
-        raise MinconvError(f"--init-times: cannot read {text.strip()!r} as {kind}") from None
 
 
 def _parse_stride(text: str, fields: Fields) -> Any:
