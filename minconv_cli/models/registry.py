@@ -73,10 +73,7 @@ def width_for_params(
     **kwargs: Any,
 ) -> int:
     """`fit_width` of `ModelSpec(name, in_channels, out_channels, layers=, grid=, **kwargs)`."""
-    spec = ModelSpec.from_dict(
-        {"name": name, "in_channels": in_channels, "out_channels": out_channels, **kwargs}
-    )
-    return fit_width(dataclasses.replace(spec, layers=layers, grid=grid), params)
+    return fit_width(_sized_spec(name, in_channels, layers, grid, out_channels, kwargs), params)
 
 
 def widths_for_params(
@@ -90,10 +87,13 @@ def widths_for_params(
     **kwargs: Any,
 ) -> list[int]:
     """`fit_widths` of `ModelSpec(name, in_channels, out_channels, layers=, grid=, **kwargs)`."""
-    spec = ModelSpec.from_dict(
-        {"name": name, "in_channels": in_channels, "out_channels": out_channels, **kwargs}
-    )
-    return fit_widths(dataclasses.replace(spec, layers=layers, grid=grid), params, tolerance)
+    spec = _sized_spec(name, in_channels, layers, grid, out_channels, kwargs)
+    return fit_widths(spec, params, tolerance)
+
+
+def _sized_spec(name, in_channels, layers, grid, out_channels, kwargs) -> ModelSpec:
+    values = {"name": name, "in_channels": in_channels, "out_channels": out_channels, **kwargs}
+    return ModelSpec.from_dict({**values, "layers": layers, "grid": grid})
 
 
 def fit_width(spec: ModelSpec, params: int) -> int:
