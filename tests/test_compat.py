@@ -111,3 +111,33 @@ def test_old_stores_are_completed_by_resume(tmp_path, case):
     assert bool(new["minconv_done"].all())
     for v in old.data_vars:
         np.testing.assert_allclose(new[v].values, old[v].values, rtol=1e-5, atol=1e-6)
+
+
+def test_old_meta_converts_on_load_and_new_files_drop_the_copies(tmp_path):
+    """Releases up to 0.1.0 also stored time_dim/sample_dims/level_dim/padding at the top level:
+    read into the one place each belongs; a checkpoint written now stores them once."""
+    from minconv_cli.checkpoint import read_checkpoint, save_checkpoint
+
+    raw, meta = read_checkpoint(FIXTURES / "traj_model.pt")
+    assert "padding" in json.loads(raw["meta_json"])  # the old file has the copies
+    assert meta.data.sample_dims == ["trajectory"] and meta.data.time_dim == "time"
+    assert meta.model.padding == "circular" and meta.data.step() == 1.0
+    assert read_checkpoint(FIXTURES / "latlon_model.pt")[1].data.level_dim == "level"
+    loaded = load_checkpoint(FIXTURES / "traj_model.pt")
+    save_checkpoint(tmp_path / "again.pt", loaded.model, loaded.meta)
+    stored = json.loads(torch.load(tmp_path / "again.pt", weights_only=True)["meta_json"])
+    assert not {"time_dim", "sample_dims", "level_dim", "padding"} & set(stored)
+    assert stored["grid"]["sample_dims"] == ["trajectory"]
+    assert stored["model"] == json.loads(raw["meta_json"])["model"]
+
+
+def test_a_model_this_release_does_not_know_is_refused_naming_the_versions(tmp_path):
+    from minconv_cli.errors import MinconvError
+
+    raw = torch.load(FIXTURES / "traj_model.pt", weights_only=True)
+    meta = json.loads(raw["meta_json"])
+    meta["model"]["new_option"] = 1
+    meta["minconv_version"] = "9.0"
+    torch.save({**raw, "meta_json": json.dumps(meta)}, tmp_path / "future.pt")
+    with pytest.raises(MinconvError, match=r"future.pt: written by minconv 9.0.*this minconv"):
+        load_checkpoint(tmp_path / "future.pt")
