@@ -7,6 +7,7 @@ expected and the given type.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -19,10 +20,9 @@ from typing import Any
 import yaml
 
 from minconv_cli.errors import MinconvError
-from minconv_cli.models.cells import CELL_BACKENDS
 from minconv_cli.models.network import PREDICTS
-from minconv_cli.models.padding import CYLINDER_PADS, PADDINGS
-from minconv_cli.models.registry import MODEL_NAMES, NORM_CHOICES
+from minconv_cli.models.padding import PADDINGS
+from minconv_cli.models.spec import NORM_CHOICES, ModelSpec
 from minconv_cli.precision import PRECISIONS
 
 
@@ -49,22 +49,20 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    """Architecture, as passed to `create_model`."""
+class ModelConfig(ModelSpec):
+    """The `model` section: a `ModelSpec` with training defaults, `auto` padding (from the data's
+    coordinates) and a parameter budget. The spec's `from_data` fields (channels, grid, widths)
+    are not config keys: `to_spec` sets them from the data."""
 
-    name: str = _choice("minconvgru", MODEL_NAMES)
     width: int = 24
-    params: int | None = None  # a parameter budget: overrides width
-    layers: int = 2
-    kernel_size: int = 3
     padding: str = _choice("auto", ("auto", *PADDINGS))  # auto: from the data's coordinates
     norm: str = _choice("auto", NORM_CHOICES)  # auto: layer unless its per-cell params dominate
     predict: str = _choice("increment", PREDICTS)  # increment: start from persistence
-    scan_backend: str = _choice("auto", CELL_BACKENDS)
-    peepholes: bool = False
-    cylinder_pad: str = _choice("zeros", CYLINDER_PADS)
-    norm_groups: int = 1
-    time_chunk: int = 0
+    params: int | None = None  # a parameter budget: overrides width
+
+    def to_spec(self, **from_data: Any) -> ModelSpec:
+        """The plain spec of this section with the data's values (`in_channels`, `grid`, ...)."""
+        return ModelSpec.take(self, **from_data)
 
 
 @dataclass
@@ -117,12 +115,25 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def to_dict(self) -> dict:
-        """Plain nested dict (YAML/JSON-able)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (YAML/JSON-able) of the config keys."""
+        return _as_dict(self)
 
     def to_yaml(self) -> str:
         """The full resolved configuration as YAML."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def _keys(cls: type) -> list[dataclasses.Field]:
+    """The config keys of a section: its fields less the model spec's `from_data` ones."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("from_data")]
+
+
+def _as_dict(section: Any) -> dict:
+    out = {}
+    for f in _keys(type(section)):
+        value = getattr(section, f.name)
+        out[f.name] = _as_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 # With no data given, training runs on the bundled Navier-Stokes sample (150 training trajectories
@@ -195,7 +206,7 @@ def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
             f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {type(values).__name__}"
         )
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in _keys(cls)}
     kwargs = {}
     for key, value in values.items():
         where = f"{prefix}{key}"

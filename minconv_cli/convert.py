@@ -4,11 +4,8 @@ coarsen, rechunk and rename on the way; written to a temporary sibling and renam
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +15,7 @@ from minconv_cli.data.dims import find_roles
 from minconv_cli.data.open import detect_format, open_dataset
 from minconv_cli.data.remote import as_source, is_url, local_path, zarr_format_of_url
 from minconv_cli.errors import MinconvError
+from minconv_cli.files import dask_progress, remove, sibling
 
 Progress = Callable[[int, int], None]
 # Encoding keys that mean the same in NetCDF and Zarr; codec/chunk settings are format-specific.
@@ -385,7 +383,7 @@ def _write_atomically(
     import dask
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = sibling(dst)
     try:
         if fmt == "zarr":
             job = ds.to_zarr(
@@ -393,65 +391,23 @@ def _write_atomically(
             )
         else:
             job = ds.to_netcdf(tmp, engine="netcdf4", compute=False)
-        with _DaskProgress(progress):
+        with dask_progress(progress):
             dask.compute(job)
         if dst.exists():
             if not overwrite:
                 raise MinconvError(f"{dst}: already exists (use --overwrite to replace it)")
-            _remove(dst)
+            remove(dst)
         os.replace(tmp, dst)
     except MinconvError:
-        _remove(tmp)
+        remove(tmp)
         raise
     except Exception as err:  # a failed read of a damaged input or a failed write
-        _remove(tmp)
+        remove(tmp)
         raise MinconvError(
             f"{dst}: conversion failed ({' '.join(str(err).split())[:300]})"
         ) from None
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
     finally:
         ds.close()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-class _DaskProgress:
-    """Report finished dask tasks as (done, total) to a progress callback while a write computes."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self.progress = progress
-        self.callback = None
-
-    def __enter__(self) -> _DaskProgress:
-        if self.progress is None:
-            return self
-        from dask.callbacks import Callback
-
-        report = self.progress
-
-        class _Tasks(Callback):
-            def _start_state(self, dsk: Any, state: Any) -> None:
-                self.total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
-                self.done = 0
-                report(0, self.total)
-
-            def _posttask(
-                self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any
-            ) -> None:
-                self.done += 1
-                report(self.done, self.total)
-
-        self.callback = _Tasks()
-        self.callback.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.callback is not None:
-            self.callback.__exit__(*exc)

@@ -15,8 +15,8 @@ import xarray as xr
 
 from minconv_cli import metrics
 from minconv_cli.errors import MinconvError
+from minconv_cli.store import MEMBER_DIM
 
-MEMBER_DIM = "number"  # WeatherBench 2 / ECMWF name of the ensemble member dim
 ENSEMBLE_METRICS = ("spread", "spread_skill", "crps", "crps_fair")
 RANK_HISTOGRAM = "rank_histogram"
 RANK_DIM = "rank"

@@ -94,8 +94,8 @@ def test_data_meta_of_numeric_time_stores_a_float_step(tmp_path):
     fields = open_fields(path)
     meta = data_meta(fields, Normalizer.fit(fields))
     assert meta["time_step"] == 1.0 and meta["time_is_datetime"] is False
-    assert meta["sample_dims"] == ["trajectory"]
-    assert meta["padding"] == "circular"
+    assert meta["grid"]["sample_dims"] == ["trajectory"]
+    assert meta["grid"]["default_padding"] == "circular"
 
 
 def test_failed_save_leaves_the_old_file_and_no_temporaries(tmp_path):

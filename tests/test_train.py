@@ -70,7 +70,7 @@ def test_a_run_writes_checkpoints_config_metrics_and_summary(traj, tmp_path):
     best = load_checkpoint(out / "model.pt")
     assert best.meta["context"] == 3 and best.meta["horizon"] == 2
     assert best.meta["config"] == saved.to_dict()
-    assert best.meta["padding"] == "circular" and best.meta["time_step"] == 1.0
+    assert best.meta.model.padding == "circular" and best.meta["time_step"] == 1.0
     assert best.meta["epoch"] == summary["best_epoch"]
     raw, meta = read_checkpoint(out / "last.pt")
     assert meta["epoch"] == 2 and "optimizer_state" in raw and "scheduler" in raw["extra"]
@@ -187,6 +187,7 @@ def test_bf16_training_is_recorded_and_an_old_amp_run_resumes_in_fp32(traj, tmp_
     assert meta["precision"] == "bf16" and meta["config"]["train"]["precision"] == "bf16"
     # a run directory from before train.precision: its config says amp: false
     raw, meta = read_checkpoint(out / "last.pt")
+    meta = meta.to_dict()  # the stored form
     train = meta["config"]["train"]
     train.pop("precision")
     train["amp"] = False

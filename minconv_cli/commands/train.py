@@ -258,7 +258,7 @@ def train(
         if not (out / "last.pt").is_file():
             raise MinconvError(f"--resume: {out / 'last.pt'} not found (nothing to resume)")
         _, meta = read_checkpoint(out / "last.pt")
-        base = meta.get("config")
+        base = meta.config
     cfg = resolve_config(config_file, sets, options, base=base)
     if width is not None:
         cfg.model.params = None  # an explicit --width wins over a budget from the config

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
+from minconv_cli.data import timeaxis
 from minconv_cli.data.fields import Fields
 from minconv_cli.errors import MinconvError
 
@@ -35,26 +37,45 @@ def split_fields(fields: Fields, spec: str) -> Fields:
     return fields.with_ds(ds, label)
 
 
+def read_time(fields: Fields, text: str, what: str, end: bool = False) -> Any:
+    """A time on the data's axis: a date/time in its calendar (`end`: a date, month or year alone
+    stands for its last instant) or a number. MinconvError `WHAT: cannot read ...` otherwise."""
+    try:
+        if fields.time_is_datetime:
+            return timeaxis.parse_time(text, fields.times, end=end)
+        return float(text)
+    except (ValueError, TypeError):
+        kind = "a date/time" if fields.time_is_datetime else "a number"
+        raise MinconvError(f"{what}: cannot read {text.strip()!r} as {kind}") from None
+
+
+def time_range(fields: Fields, start: str | None, stop: str | None, what: str) -> np.ndarray:
+    """Positions of the data's times in START/STOP (inclusive; an empty side is open)."""
+    times = timeaxis.as_axis(fields.times)
+    keep = np.ones(len(times), dtype=bool)
+    if start:
+        keep &= times >= read_time(fields, start, what)
+    if stop:
+        keep &= times <= read_time(fields, stop, what, end=True)
+    return np.flatnonzero(keep)
+
+
 def _time_range(fields: Fields, spec: str):
     start, end = (s.strip() or None for s in spec.split("/", 1))
     if not fields.time_is_datetime:
         try:
-            start = float(start) if start is not None else None
-            end = float(end) if end is not None else None
+            [float(t) for t in (start, end) if t is not None]
         except ValueError:
             raise MinconvError(
                 f"split {spec!r}: {fields.path_label} has numeric times; give numbers like 10/40"
             ) from None
-    try:
-        ds = fields.ds.sel({fields.time_dim: slice(start, end)})
-    except (KeyError, ValueError, TypeError) as err:
-        raise MinconvError(f"split {spec!r}: cannot select times ({err})") from None
-    if ds.sizes[fields.time_dim] == 0:
+    index = time_range(fields, start, end, f"split {spec!r}")
+    if index.size == 0:
         raise MinconvError(
             f"split {spec!r}: no times of {fields.path_label} in range "
             f"(data covers {fields.times[0]} to {fields.times[-1]})"
         )
-    return ds
+    return fields.ds.isel({fields.time_dim: index})
 
 
 def _index_slice(fields: Fields, spec: str, value: str, n: int) -> slice:

@@ -8,6 +8,7 @@ fixed step fits them; a `CalendarStep` says how to go from one stamp to the next
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -374,3 +375,34 @@ def parse_stride(text: str) -> CalendarStep | None:
     count = int(m.group(1) or 1)
     unit = "year" if m.group(2)[0] in "Yy" else "month"
     return CalendarStep(unit, count=count) if count > 0 else None
+
+
+# --------------------------------------------------------------------------- steps in messages
+
+
+def same_step(a: Any, b: Any) -> bool:
+    """Whether two time steps are the same (calendar steps: the same number of months; where in
+    the month the stamps sit does not change the dynamics)."""
+    if isinstance(a, CalendarStep) or isinstance(b, CalendarStep):
+        return isinstance(a, CalendarStep) and isinstance(b, CalendarStep) and a.months == b.months
+    if isinstance(b, np.timedelta64):
+        return np.timedelta64(a, "ns") == b
+    return math.isclose(float(a), float(b), rel_tol=1e-6)
+
+
+def format_step(step: Any) -> str:
+    """A time step for messages: `1 days 00:00:00`, `P1M`, `0.5`."""
+    if isinstance(step, CalendarStep):
+        return str(step)
+    if isinstance(step, np.timedelta64):
+        return str(pd.Timedelta(step))
+    return f"{float(step):g}"
+
+
+def format_time(value: Any) -> str:
+    """A time for messages: a Timestamp's text, a cftime date's, or the number."""
+    if isinstance(value, np.datetime64):
+        return str(pd.Timestamp(value))
+    if hasattr(value, "calendar"):  # cftime
+        return str(value)
+    return f"{float(value):g}"

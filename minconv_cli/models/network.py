@@ -7,7 +7,7 @@ back the model's own predictions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,9 @@ from torch import nn
 
 from minconv_cli.models.cells import MIN_KINDS, ConvGRUCell, ConvLSTMCell, MinConvCell
 from minconv_cli.precision import full_precision
+
+if TYPE_CHECKING:
+    from minconv_cli.models.spec import ModelSpec
 
 NORMS = ("layer", "instance", "group", "none")
 PREDICTS = ("next", "increment")
@@ -48,57 +51,48 @@ class GridNorm(nn.Module):
 
 
 class RecurrentForecaster(nn.Module):
-    """A stack of recurrent conv cells between 1x1 encoder and decoder; see `create_model`."""
+    """A stack of recurrent conv cells between 1x1 encoder and decoder, built from a `ModelSpec`."""
 
-    def __init__(
-        self,
-        name: str,
-        in_channels: int,
-        out_channels: int,
-        widths: list[int],
-        kernel_size: int,
-        padding: str,
-        norm: str,
-        grid: tuple[int, int] | None,
-        predict: str,
-        static_channels: int,
-        scan_backend: str,
-        peepholes: bool,
-        cylinder_pad: str,
-        norm_groups: int,
-        time_chunk: int,
-        hparams: dict[str, Any],
-    ) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
+        """`spec` validated and resolved (`create_model` does that); it is kept as `self.spec`."""
         super().__init__()
+        self.spec = spec
+        name, widths, grid = spec.name, list(spec.widths), spec.grid
+        grid = tuple(grid) if grid is not None else None
         self.name = name
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.static_channels = static_channels
-        self.dyn_channels = in_channels - static_channels
-        self.widths = list(widths)
+        self.in_channels = spec.in_channels
+        self.out_channels = spec.out_channels
+        self.static_channels = spec.static_channels
+        self.dyn_channels = spec.in_channels - spec.static_channels
+        self.widths = widths
         self.grid = grid
-        self.predict = predict
-        self.time_chunk = time_chunk
-        self.hparams = hparams
-        conv_kwargs = {"kernel_size": kernel_size, "padding": padding, "cylinder_pad": cylinder_pad}
-        self.encoder = nn.Conv2d(in_channels, widths[0], 1)
+        self.predict = spec.predict
+        self.time_chunk = spec.time_chunk
+        conv_kwargs = spec.conv_options()
+        self.encoder = nn.Conv2d(spec.in_channels, widths[0], 1)
         self.cells = nn.ModuleList()
         self.projections = nn.ModuleList()
         self.norms = nn.ModuleList()
         prev = widths[0]
         for w in widths:
             if name in MIN_KINDS:
-                cell = MinConvCell(MIN_KINDS[name], prev, w, conv_kwargs, scan_backend)
+                cell = MinConvCell(MIN_KINDS[name], prev, w, conv_kwargs, spec.scan_backend)
             elif name == "convgru":
                 cell = ConvGRUCell(prev, w, conv_kwargs)
             else:
-                cell = ConvLSTMCell(prev, w, conv_kwargs, peepholes=peepholes, grid=grid)
+                cell = ConvLSTMCell(prev, w, conv_kwargs, peepholes=spec.peepholes, grid=grid)
             self.cells.append(cell)
             # the residual needs the layer's width: a 1x1 projection where widths change
             self.projections.append(nn.Identity() if prev == w else nn.Conv2d(prev, w, 1))
-            self.norms.append(GridNorm(norm, w, grid, norm_groups))
+            self.norms.append(GridNorm(spec.norm, w, grid, spec.norm_groups))
             prev = w
-        self.decoder = nn.Conv2d(prev, out_channels, 1)
+        self.decoder = nn.Conv2d(prev, spec.out_channels, 1)
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The resolved spec as a plain dict (JSON-able): `create_model(**model.hparams)` rebuilds
+        the same architecture."""
+        return self.spec.to_dict()
 
     # -- checks -------------------------------------------------------------------------------
     def _check(self, x: torch.Tensor, static: torch.Tensor | None, time_dim: bool) -> None:

@@ -1,141 +1,47 @@
-"""Models by name (`create_model`, `MODEL_NAMES`), the `norm="auto"` choice and sizing to a
-parameter budget (`width_for_params`)."""
+"""Models from their spec (`create_model`), the `norm="auto"` choice and sizing to a parameter
+budget (`width_for_params`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from minconv_cli.models.cells import CELL_BACKENDS
-from minconv_cli.models.network import NORMS, PREDICTS, RecurrentForecaster
-from minconv_cli.models.padding import CYLINDER_PADS, PADDINGS
-
-MODEL_NAMES = ("minconvgru", "minconvlstm", "minconvexplstm", "convgru", "convlstm")
-NORM_CHOICES = ("auto", *NORMS)
-
-_OPTIONS = {
-    "widths": None,
-    "predict": "next",
-    "static_channels": 0,
-    "scan_backend": "auto",
-    "peepholes": False,
-    "cylinder_pad": "zeros",
-    "norm_groups": 1,
-    "time_chunk": 0,
-}
-
-
-def _choice(option: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{option}: expected one of {', '.join(allowed)}, got {value!r}")
+from minconv_cli.models.network import RecurrentForecaster
+from minconv_cli.models.spec import ModelSpec
 
 
 def create_model(
-    name: str,
-    in_channels: int,
-    out_channels: int | None = None,
-    width: int = 32,
-    layers: int = 2,
-    kernel_size: int = 3,
-    padding: str = "zeros",
-    norm: str = "layer",
-    grid: Sequence[int] | None = None,
-    **options: Any,
+    spec: ModelSpec | str | None = None, *args: Any, **kwargs: Any
 ) -> RecurrentForecaster:
-    """Build one of `MODEL_NAMES`; `create_model(**model.hparams)` rebuilds the same architecture.
+    """Build the model a `ModelSpec` describes; `create_model(model.spec)` rebuilds it.
 
-    options: widths (per layer), predict ("next" | "increment"), static_channels, scan_backend
-    ("auto" | "fused" | "linear" | "log"), peepholes (convlstm), cylinder_pad ("zeros" |
-    "replicate"), norm_groups (for norm="group"), time_chunk (teacher-forced frames per chunk, 0: auto).
-    norm="auto" resolves with `auto_norm` (hparams hold the resolved kind).
+    `create_model(name, in_channels, ...)` / `create_model(**model.hparams)` are shorthands for
+    `create_model(ModelSpec(name, in_channels, ...))` (positional order as in `ModelSpec`).
+    norm="auto" resolves with `auto_norm` (the model's spec holds the resolved kind).
     """
-    _choice("model", name, MODEL_NAMES)
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"create_model options: expected some of {', '.join(_OPTIONS)}, got {', '.join(unknown)}"
-        )
-    opts = {**_OPTIONS, **options}
-    _choice("padding", padding, PADDINGS)
-    _choice("norm", norm, NORM_CHOICES)
-    _choice("predict", opts["predict"], PREDICTS)
-    _choice("scan_backend", opts["scan_backend"], CELL_BACKENDS)
-    _choice("cylinder_pad", opts["cylinder_pad"], CYLINDER_PADS)
-    static = int(opts["static_channels"])
-    if not 0 <= static < in_channels:
-        raise ValueError(
-            f"static_channels: expected 0..{in_channels - 1} (fewer than in_channels), got {static}"
-        )
-    out_channels = in_channels - static if out_channels is None else int(out_channels)
-    if opts["predict"] == "increment" and out_channels != in_channels - static:
-        raise ValueError(
-            f"predict='increment': expected out_channels == dynamic input channels ({in_channels - static}), got {out_channels}"
-        )
-    widths = (
-        [int(w) for w in opts["widths"]]
-        if opts["widths"] is not None
-        else [int(width)] * int(layers)
-    )
-    if not widths or min(widths) < 1:
-        raise ValueError(f"widths: expected at least one positive width, got {widths}")
-    if grid is not None:
-        grid = tuple(int(n) for n in grid)
-        if len(grid) != 2 or min(grid) < 1:
-            raise ValueError(f"grid: expected (H, W) with positive sizes, got {grid}")
-    if norm == "auto":
-        other = _parameters_without_norm(
-            name, in_channels, out_channels, widths, kernel_size, padding, grid, opts
-        )
-        norm = auto_norm(grid, len(widths), other)
-    if norm == "layer" and grid is None:
-        raise ValueError(
-            "norm='layer': expected grid=(H, W) (LayerNorm over the grid has per-cell parameters), got None"
-        )
-    if norm == "group" and any(w % int(opts["norm_groups"]) for w in widths):
-        raise ValueError(
-            f"norm_groups: expected a divisor of every width {widths}, got {opts['norm_groups']}"
-        )
-    if int(opts["time_chunk"]) < 0:
-        raise ValueError(
-            f"time_chunk: expected 0 (auto) or a positive number of frames, got {opts['time_chunk']}"
-        )
-    hparams = {
-        "name": name,
-        "in_channels": int(in_channels),
-        "out_channels": out_channels,
-        "width": widths[0],
-        "layers": len(widths),
-        "kernel_size": int(kernel_size),
-        "padding": padding,
-        "norm": norm,
-        "grid": list(grid) if grid is not None else None,
-        **{
-            **opts,
-            "widths": widths,
-            "static_channels": static,
-            "peepholes": bool(opts["peepholes"]),
-        },
-    }
-    return RecurrentForecaster(
-        name=name,
-        in_channels=int(in_channels),
-        out_channels=out_channels,
-        widths=widths,
-        kernel_size=int(kernel_size),
-        padding=padding,
-        norm=norm,
-        grid=grid,
-        predict=opts["predict"],
-        static_channels=static,
-        scan_backend=opts["scan_backend"],
-        peepholes=bool(opts["peepholes"]),
-        cylinder_pad=opts["cylinder_pad"],
-        norm_groups=int(opts["norm_groups"]),
-        time_chunk=int(opts["time_chunk"]),
-        hparams=hparams,
-    )
+    if not isinstance(spec, ModelSpec):
+        values = dict(kwargs)
+        if spec is not None:
+            values["name"] = spec
+        names = [f.name for f in dataclasses.fields(ModelSpec)][1 : 1 + len(args)]
+        values.update(zip(names, args, strict=True))
+        spec = ModelSpec.from_dict(values)
+    elif args or kwargs:
+        raise TypeError("create_model(spec): no further arguments with a ModelSpec")
+    spec = spec.validated()
+    if spec.norm == "auto":
+        other = count_parameters(_on_meta(dataclasses.replace(spec, norm="none")))
+        spec = dataclasses.replace(spec, norm=auto_norm(spec.grid, spec.layers, other))
+    return RecurrentForecaster(spec)
+
+
+def _on_meta(spec: ModelSpec) -> RecurrentForecaster:
+    """The model built on the meta device (cheap: for counting parameters)."""
+    with torch.device("meta"):
+        return create_model(spec)
 
 
 def grid_norm_parameters(grid: Sequence[int], layers: int) -> int:
@@ -152,24 +58,6 @@ def auto_norm(grid: Sequence[int] | None, layers: int, other_parameters: int) ->
     return "layer"
 
 
-def _parameters_without_norm(
-    name, in_channels, out_channels, widths, kernel_size, padding, grid, opts
-) -> int:
-    """Parameters of this architecture with norm="none" (built on the meta device: cheap)."""
-    with torch.device("meta"):
-        model = create_model(
-            name,
-            in_channels,
-            out_channels,
-            kernel_size=kernel_size,
-            padding=padding,
-            norm="none",
-            grid=grid,
-            **{**opts, "widths": widths},
-        )
-    return count_parameters(model)
-
-
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -184,15 +72,8 @@ def width_for_params(
     out_channels: int | None = None,
     **kwargs: Any,
 ) -> int:
-    """The width (same for every layer) whose parameter count is closest to `params`.
-
-    kwargs are passed to `create_model` (kernel_size, norm, padding, options); models are built on
-    the meta device, so sizing is cheap and counts exactly what `create_model` builds.
-    """
-    if params < 1:
-        raise ValueError(f"params: expected a positive parameter budget, got {params}")
-    count = _meta_counter(name, in_channels, layers, grid, out_channels, kwargs)
-    return _closest_uniform(count, params)
+    """`fit_width` of `ModelSpec(name, in_channels, out_channels, layers=, grid=, **kwargs)`."""
+    return fit_width(_sized_spec(name, in_channels, layers, grid, out_channels, kwargs), params)
 
 
 def widths_for_params(
@@ -205,19 +86,43 @@ def widths_for_params(
     tolerance: float = 0.03,
     **kwargs: Any,
 ) -> list[int]:
-    """Per-layer widths whose parameter count is within `tolerance` of `params` where possible.
+    """`fit_widths` of `ModelSpec(name, in_channels, out_channels, layers=, grid=, **kwargs)`."""
+    spec = _sized_spec(name, in_channels, layers, grid, out_channels, kwargs)
+    return fit_widths(spec, params, tolerance)
 
-    The uniform width of `width_for_params` when it lands within tolerance (the paper's widths);
+
+def _sized_spec(name, in_channels, layers, grid, out_channels, kwargs) -> ModelSpec:
+    values = {"name": name, "in_channels": in_channels, "out_channels": out_channels, **kwargs}
+    return ModelSpec.from_dict({**values, "layers": layers, "grid": grid})
+
+
+def fit_width(spec: ModelSpec, params: int) -> int:
+    """The width (same for every layer) whose parameter count is closest to `params`.
+
+    Models are built on the meta device, so sizing is cheap and counts exactly what
+    `create_model` builds.
+    """
+    if params < 1:
+        raise ValueError(f"params: expected a positive parameter budget, got {params}")
+    return _closest_uniform(_meta_counter(spec), params)
+
+
+def fit_widths(spec: ModelSpec, params: int, tolerance: float = 0.03) -> list[int]:
+    """Per-layer widths (`spec.layers` of them) whose parameter count is within `tolerance` of
+    `params` where possible.
+
+    The uniform width of `fit_width` when it lands within tolerance (the paper's widths);
     otherwise the closest mix of w and w+1 (the first or last k layers one wider), since one
     uniform width step moves the count by ~2/w, more than 3% for narrow models.
     """
     if params < 1:
         raise ValueError(f"params: expected a positive parameter budget, got {params}")
-    count = _meta_counter(name, in_channels, layers, grid, out_channels, kwargs)
+    layers, grid = spec.layers, spec.grid
+    count = _meta_counter(spec)
     smallest = count([1] * layers)
     if smallest > (1 + tolerance) * params:
         grid_part = ""
-        if kwargs.get("norm", "layer") == "layer" and grid is not None:
+        if spec.norm == "layer" and grid is not None:
             grid_part = (
                 f", {grid_norm_parameters(grid, layers):,} of them LayerNorm's per-cell parameters "
                 f"over the {grid[0]}x{grid[1]} grid (norm='auto' or 'instance' has none)"
@@ -236,16 +141,15 @@ def widths_for_params(
     return min(candidates, key=lambda ws: abs(count(ws) - params))
 
 
-def _meta_counter(name: str, in_channels: int, layers: int, grid, out_channels, kwargs):
-    """count(width or widths) -> parameters of that architecture, built on the meta device."""
+def _meta_counter(spec: ModelSpec):
+    """count(width or widths) -> parameters of `spec` at that size, built on the meta device."""
 
     def count(width: int | Sequence[int]) -> int:
-        size = {"widths": list(width)} if isinstance(width, (list, tuple)) else {"width": width}
-        with torch.device("meta"):
-            model = create_model(
-                name, in_channels, out_channels, layers=layers, grid=grid, **size, **kwargs
-            )
-        return count_parameters(model)
+        if isinstance(width, (list, tuple)):
+            sized = dataclasses.replace(spec, widths=list(width))
+        else:
+            sized = dataclasses.replace(spec, width=width, widths=None)
+        return count_parameters(_on_meta(sized))
 
     return count
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import xarray as xr
 
 from minconv_cli.errors import MinconvError
+from minconv_cli.files import atomic_path
 
 
 def output_format(path: Path) -> str:
@@ -35,10 +34,9 @@ def write_dataset(ds: xr.Dataset, path: Path, overwrite: bool = False) -> Path:
     path = Path(path)
     check_writable(path, overwrite)
     fmt = output_format(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     sizes = ds["vorticity"].shape
     chunks = (1, *sizes[1:])
-    try:
+    with atomic_path(path) as tmp:
         if fmt == "netcdf":
             encoding = {
                 "vorticity": {"zlib": True, "complevel": 6, "shuffle": True, "chunksizes": chunks}
@@ -50,15 +48,4 @@ def write_dataset(ds: xr.Dataset, path: Path, overwrite: bool = False) -> Path:
                 {n: ds[n].astype(object) for n in ds.coords if ds[n].dtype.kind == "U"}
             )
             ds.to_zarr(tmp, mode="w", encoding={"vorticity": {"chunks": chunks}}, consolidated=True)
-        if path.exists():
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
     return path

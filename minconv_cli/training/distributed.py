@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.files import resolve_device
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks CUDA when available; `cuda` without a GPU is an error."""
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise MinconvError("--device cuda: no CUDA device is available")
-    if preference == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def setup(preference: str) -> tuple[Dist, torch.device]:

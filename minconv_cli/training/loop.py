@@ -8,6 +8,7 @@ one would have done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -22,15 +23,15 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from minconv_cli import __version__
-from minconv_cli.checkpoint import data_meta, read_checkpoint, save_checkpoint
+from minconv_cli.checkpoint import CheckpointMeta, DataMeta, read_checkpoint, save_checkpoint
 from minconv_cli.config import Config
 from minconv_cli.data.stream import BlockStream
 from minconv_cli.errors import MinconvError
 from minconv_cli.models import (
     count_parameters,
     create_model,
+    fit_widths,
     grid_norm_parameters,
-    widths_for_params,
 )
 from minconv_cli.precision import resolve_precision
 from minconv_cli.training import distributed
@@ -66,27 +67,16 @@ def build_model(config: Config, data: TrainingData) -> torch.nn.Module:
     m = config.model
     fields = data.fields
     n_static = len(fields.static_channels)
-    kwargs: dict[str, Any] = {
-        "kernel_size": m.kernel_size,
-        "padding": fields.default_padding if m.padding == "auto" else m.padding,
-        "norm": m.norm,
-        "predict": m.predict,
-        "static_channels": n_static,
-        "scan_backend": m.scan_backend,
-        "peepholes": m.peepholes,
-        "cylinder_pad": m.cylinder_pad,
-        "norm_groups": m.norm_groups,
-        "time_chunk": m.time_chunk,
-    }
-    in_channels = len(fields.channels) + n_static
+    spec = m.to_spec(
+        in_channels=len(fields.channels) + n_static,
+        static_channels=n_static,
+        grid=list(fields.grid_shape),
+        padding=fields.default_padding if m.padding == "auto" else m.padding,
+    )
     try:
         if m.params is not None:  # the paper's uniform width where it lands within 3%
-            kwargs["widths"] = widths_for_params(
-                m.name, m.params, in_channels, m.layers, fields.grid_shape, **kwargs
-            )
-        return create_model(
-            m.name, in_channels, width=m.width, layers=m.layers, grid=fields.grid_shape, **kwargs
-        )
+            spec = dataclasses.replace(spec, widths=fit_widths(spec, m.params))
+        return create_model(spec)
     except ValueError as err:
         raise MinconvError(f"config: model: {err}") from None
 
@@ -242,20 +232,19 @@ class _Run:
             self.net = torch.compile(self.net)
 
     # ------------------------------------------------------------------ checkpoints
-    def meta(self, epoch: int, metrics: dict) -> dict:
+    def meta(self, epoch: int, metrics: dict) -> CheckpointMeta:
         d = self.data
-        return {
-            **data_meta(d.fields, d.normalizer),
-            "padding": self.hparams["padding"],
-            "model": self.hparams,
-            "context": self.config.train.context,
-            "horizon": self.config.train.horizon,
-            "config": self.config.to_dict(),
-            "precision": self.precision,
-            "splits": {"train": d.train_spec, "val": d.val_spec, "paths": data_paths(self.config)},
-            "epoch": epoch,
-            "metrics": metrics,
-        }
+        return CheckpointMeta(
+            model=self.model.spec,
+            data=DataMeta.from_fields(d.fields, d.normalizer),
+            context=self.config.train.context,
+            horizon=self.config.train.horizon,
+            config=self.config.to_dict(),
+            precision=self.precision,
+            splits={"train": d.train_spec, "val": d.val_spec, "paths": data_paths(self.config)},
+            epoch=epoch,
+            metrics=metrics,
+        )
 
     def save_last(self) -> None:
         p = self.pos
@@ -278,22 +267,19 @@ class _Run:
     def _restore(self) -> None:
         path = self.run_dir.last
         raw, meta = read_checkpoint(path)
-        if meta.get("minconv_version") != __version__:
+        if meta.minconv_version != __version__:
             raise MinconvError(
-                f"--resume: {path} was written by minconv {meta.get('minconv_version')}, "
+                f"--resume: {path} was written by minconv {meta.minconv_version}, "
                 f"this is {__version__}"
             )
-        if meta["model"] != self.hparams:
-            diff = sorted(
-                k
-                for k in {*meta["model"], *self.hparams}
-                if meta["model"].get(k) != self.hparams.get(k)
-            )
+        if meta.model != self.model.spec:
+            stored = meta.model.to_dict()
+            diff = sorted(k for k in stored if stored[k] != self.hparams.get(k))
             raise MinconvError(
                 f"--resume: {path} holds another model (differs in {', '.join(diff)}); "
                 "resume with the run's own settings or start a new run"
             )
-        if meta.get("normalizer") != self.data.normalizer.to_dict():
+        if meta.data is None or meta.data.normalizer != self.data.normalizer.to_dict():
             raise MinconvError(
                 f"--resume: {path} was trained on other data (normalisation differs)"
             )

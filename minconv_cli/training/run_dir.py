@@ -5,27 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from minconv_cli.errors import MinconvError
+from minconv_cli.files import atomic_write_text
 
 RUN_FILES = ("model.pt", "last.pt", "config.yaml", "metrics.csv", "summary.json")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary sibling of `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -89,10 +76,10 @@ class RunDir:
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        write_text_atomic(self.metrics, buf.getvalue())
+        atomic_write_text(self.metrics, buf.getvalue())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_text_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")
 
     def write_config(self, yaml_text: str) -> None:
-        write_text_atomic(self.config, yaml_text)
+        atomic_write_text(self.config, yaml_text)

@@ -1,0 +1,30 @@
+"""Scoring forecast stores against the truth (the library side of `minconv evaluate`).
+
+`align` (valid times and grids), `climatology` (the climatology reference), `scoring` (the
+metrics, reduced chunk-wise with dask, and the score table), `reports` (the files), `plots`
+(the figure); the store layout itself is `minconv_cli.store`.
+"""
+
+from minconv_cli.evaluate.align import Aligned, align, to_forecast_grid
+from minconv_cli.evaluate.labels import format_lead, lead_hours
+from minconv_cli.evaluate.reports import check_outputs, default_out_dir, write_reports
+from minconv_cli.evaluate.scoring import METRICS, REFERENCES, Scores, evaluate, parse_compare
+from minconv_cli.store import ForecastStore, open_forecast
+
+__all__ = [
+    "METRICS",
+    "REFERENCES",
+    "Aligned",
+    "ForecastStore",
+    "Scores",
+    "align",
+    "check_outputs",
+    "default_out_dir",
+    "evaluate",
+    "format_lead",
+    "lead_hours",
+    "open_forecast",
+    "parse_compare",
+    "to_forecast_grid",
+    "write_reports",
+]

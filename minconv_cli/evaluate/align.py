@@ -1,0 +1,248 @@
+"""Alignment: the truth at each forecast's valid times, on its grid, over the overlap (and the
+persistence forecast from the truth at the init times)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from minconv_cli.data import Fields, timeaxis
+from minconv_cli.errors import MinconvError
+from minconv_cli.evaluate.labels import label, lead_span, span
+from minconv_cli.store import DONE, INIT_DIM, LEAD_DIM, MEMBER_DIM, VALID, ForecastStore
+
+TRUTH_TIME = "_truth_time"
+LOAD_BELOW_BYTES = 128 * 2**20  # forecasts smaller than this are scored in memory
+BLOCK_BYTES = 8 * 2**20  # dask chunk size the forecast is read in (several init times per chunk)
+
+
+def _axis_indexer(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Positions in `source` of each `target` value (-1 if absent); numbers match to 1e-3 of a step."""
+    index = pd.Index(source)
+    if (
+        target.dtype.kind in "fiu"
+        and source.dtype.kind in "fiu"
+        and index.is_monotonic_increasing | index.is_monotonic_decreasing
+    ):
+        steps = np.abs(np.diff(np.asarray(target, dtype=np.float64)))
+        tol = 1e-3 * float(steps[steps > 0].min()) if (steps > 0).any() else 1e-6
+        return index.get_indexer(target, method="nearest", tolerance=tol)
+    return index.get_indexer(target)
+
+
+def _match_axis(truth: xr.Dataset, dim: str, target: xr.DataArray, label: str) -> xr.Dataset:
+    """The truth along `dim` at the forecast's coordinates (any order), or an error naming the mismatch."""
+    if dim not in truth.dims:
+        raise MinconvError(f"{label}: the truth has no {dim!r} dimension that the forecast has")
+    tv = np.asarray(target.values)
+    sv = np.asarray(truth[dim].values) if dim in truth.coords else np.arange(truth.sizes[dim])
+    pos = _axis_indexer(tv, sv)
+    if (pos < 0).any():
+        raise MinconvError(
+            f"{label}: grids do not match along {dim!r}: {int((pos < 0).sum())} of {len(tv)} "
+            f"forecast points are not in the truth (forecast {tv[0]}..{tv[-1]}, {len(tv)} points; "
+            f"truth {sv[0]}..{sv[-1]}, {len(sv)} points)"
+        )
+    return truth.isel({dim: pos}).assign_coords({dim: target})
+
+
+def _time_indexer(truth_times: np.ndarray, times: np.ndarray, step: Any) -> np.ndarray:
+    """Positions of `times` in the truth's times (-1 where absent): exact for datetimes, 1e-6 step else."""
+    index = timeaxis.time_index(truth_times)
+    flat = times.ravel()
+    if timeaxis.is_cftime(truth_times):
+        return index.get_indexer(flat).reshape(times.shape)
+    if truth_times.dtype.kind == "M":
+        return index.get_indexer(flat.astype("datetime64[ns]")).reshape(times.shape)
+    tol = 1e-6 * abs(step) if step else 1e-9
+    return index.get_indexer(flat.astype(np.float64), method="nearest", tolerance=tol).reshape(
+        times.shape
+    )
+
+
+def roles_of(fields: Fields) -> dict[str, str | None]:
+    return {"y": fields.y_dim, "x": fields.x_dim, "level": fields.level_dim}
+
+
+def to_forecast_grid(
+    ds: xr.Dataset, roles: dict[str, str | None], store: ForecastStore, label: str
+) -> xr.Dataset:
+    """`ds` renamed to the forecast's y/x/level names and selected at its coordinates (any order)."""
+    renames = {roles["y"]: store.y_dim, roles["x"]: store.x_dim}
+    if roles.get("level") and store.level_dim:
+        renames[roles["level"]] = store.level_dim
+    ds = ds.rename({k: v for k, v in renames.items() if k != v})
+    for dim in (store.y_dim, store.x_dim, store.level_dim):
+        if dim is not None and dim not in ds.dims:
+            raise MinconvError(
+                f"{label}: grids do not match: no {dim!r} dimension to match the forecast's"
+            )
+    for dim in (store.y_dim, store.x_dim, store.level_dim, *store.sample_dims):
+        if dim is not None and dim in ds.dims:
+            ds = _match_axis(ds, dim, store.ds[dim], label)
+    return ds
+
+
+@dataclass
+class Aligned:
+    """A forecast and the truth frames at its valid times over the scored cases (NaN elsewhere)."""
+
+    store: ForecastStore
+    forecast: dict[str, xr.DataArray]
+    truth: dict[str, xr.DataArray]
+    persistence: dict[str, xr.DataArray] | None
+    valid_times: xr.DataArray  # (time, prediction_timedelta)
+    overlap: dict
+
+
+def _block(da: xr.DataArray) -> int:
+    """Init times per dask chunk so one chunk holds about BLOCK_BYTES."""
+    per_init = da.nbytes / max(da.sizes[INIT_DIM], 1)
+    return max(1, int(BLOCK_BYTES // max(per_init, 1)))
+
+
+def like(da: xr.DataArray, template: xr.DataArray) -> xr.DataArray:
+    """`da` in memory if `template` is, else chunked like it along their shared dims."""
+    if template.chunks is None:
+        return da.load()
+    chunks = dict(zip(template.dims, template.chunks, strict=True))
+    return da.chunk({d: c for d, c in chunks.items() if d in da.dims})
+
+
+def align(
+    store: ForecastStore, truth: Fields, with_persistence: bool, load_below: int = LOAD_BELOW_BYTES
+) -> Aligned:
+    """Truth at the forecast's valid times, on the forecast's grid; only the overlap is kept.
+
+    A forecast under `load_below` bytes is read into memory; a larger one stays lazy (dask), in
+    blocks of init times, so that the scores are reduced block by block within bounded memory.
+    """
+    ds = store.ds
+    pair = f"{store.path} vs {truth.path_label}"
+    init, lead, valid = _valid_times(store, truth, pair)
+    valid_pos = _time_indexer(truth.times, valid, truth.time_step)
+    init_pos = _time_indexer(truth.times, init, truth.time_step)
+    ok = valid_pos >= 0
+    notes = []
+    if with_persistence and ok.any():
+        if not (ok & (init_pos >= 0)[:, None]).any():
+            with_persistence = False
+            notes.append("persistence left out: no init time of the forecast is in the truth")
+        else:
+            ok &= (init_pos >= 0)[:, None]
+    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+    if not ok.any():
+        raise MinconvError(
+            f"{pair}: no overlapping times: forecast valid times {label(valid.min())} to "
+            f"{label(valid.max())}, truth {label(truth.times[0])} to {label(truth.times[-1])}"
+        )
+    ok = ok[np.ix_(rows, cols)]
+    sub = ds.isel({INIT_DIM: rows, LEAD_DIM: cols})
+    case = {"dims": (INIT_DIM, LEAD_DIM), "coords": {d: sub[d] for d in (INIT_DIM, LEAD_DIM)}}
+    done = sub[DONE] if DONE in sub.coords else None
+    if done is not None and not bool(done.all()):
+        notes.append(
+            f"{int((~done).sum())} of {done.size} forecast sequences are unfinished and not scored"
+        )
+    cases = _Cases(
+        sub=sub,
+        done=done,
+        mask=xr.DataArray(ok, **case),
+        pos=xr.DataArray(np.where(ok, valid_pos[np.ix_(rows, cols)], 0), **case),
+        init_pos=init_pos[rows] if with_persistence else None,
+        lazy=sum(sub[v].nbytes for v in store.variables) >= load_below,
+    )
+    forecast, truth_at, persistence = _gather(store, truth, pair, cases)
+    scored_valid = valid[np.ix_(rows, cols)][ok]
+    overlap = {
+        "forecast": store.name,
+        "init_times": {**span(init[rows]), "of": int(len(init))},
+        "leads": {**lead_span(lead[cols], store.lead_unit), "of": int(len(lead))},
+        "valid_times": span(scored_valid),
+        "cases": int(ok.sum()),
+        "of_cases": int(valid.size),
+        "notes": notes,
+    }
+    # unscored cases take a scored valid time, so that lookups (climatology) never miss on them
+    valid_da = xr.DataArray(np.where(ok, valid[np.ix_(rows, cols)], scored_valid[0]), **case)
+    return Aligned(store, forecast, truth_at, persistence, valid_da, overlap)
+
+
+def _valid_times(
+    store: ForecastStore, truth: Fields, pair: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(init times, leads, valid times (init, lead)) of the store, after checking that its time
+    axis is of the truth's kind and calendar."""
+    ds = store.ds
+    if store.is_dated != truth.time_is_datetime:
+        kind = "datetime" if truth.time_is_datetime else "numeric"
+        raise MinconvError(
+            f"{store.path}: {LEAD_DIM} is {ds[LEAD_DIM].dtype} but the truth has a {kind} time axis"
+        )
+    extra = [d for d in truth.sample_dims if d not in store.sample_dims]
+    if extra:
+        raise MinconvError(f"{pair}: the truth has sample dim(s) {extra} the forecast lacks")
+    init = np.asarray(ds[INIT_DIM].values)
+    lead = np.asarray(ds[LEAD_DIM].values)
+    if truth.time_is_datetime and timeaxis.calendar_of(init) != timeaxis.calendar_of(truth.times):
+        raise MinconvError(
+            f"{pair}: the forecast's init times are in the {timeaxis.calendar_of(init)} calendar, "
+            f"the truth's in the {timeaxis.calendar_of(truth.times)} calendar"
+        )
+    if VALID in ds.coords:  # the true valid times, written by rollout in the data's calendar
+        valid = np.asarray(ds[VALID].values)
+        valid = valid.astype("datetime64[ns]") if valid.dtype.kind == "M" else valid
+    else:
+        if truth.time_is_datetime:
+            init = init.astype("datetime64[ns]")
+            lead = lead.astype("timedelta64[ns]")
+        valid = init[:, None] + lead[None, :]
+    return init, lead, valid
+
+
+@dataclass
+class _Cases:
+    """The scored part of a store: its overlap `sub`, done flags, which (init, lead) cases are
+    scored (`mask`), their truth positions (`pos`) and those of the init times (persistence)."""
+
+    sub: xr.Dataset
+    done: xr.DataArray | None
+    mask: xr.DataArray
+    pos: xr.DataArray
+    init_pos: np.ndarray | None  # None: no persistence
+    lazy: bool
+
+
+def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases):
+    """Per variable: the forecast, the truth at its valid times and (if asked) persistence."""
+    tds = to_forecast_grid(truth.ds, roles_of(truth), store, pair).rename(
+        {truth.time_dim: TRUTH_TIME}
+    )
+    sub = cases.sub
+    forecast, truth_at, persistence = {}, {}, {}
+    for v in store.variables:
+        fc = sub[v]
+        if cases.done is not None:
+            fc = fc.where(cases.done)
+        src = tds[v]
+        if cases.lazy:  # blocks of init times; the truth is gathered lazily, block by block
+            block = _block(fc)
+            fc = fc.chunk(
+                {INIT_DIM: block, LEAD_DIM: -1, **({MEMBER_DIM: -1} if store.members else {})}
+            )
+            src = src.chunk({TRUTH_TIME: block})
+        else:
+            fc = fc.load()
+        at = src.isel({TRUTH_TIME: cases.pos}).drop_vars(TRUTH_TIME, errors="ignore")
+        forecast[v] = fc
+        truth_at[v] = like(at.where(cases.mask).transpose(*fc.dims, missing_dims="ignore"), fc)
+        if cases.init_pos is not None:
+            ip = xr.DataArray(cases.init_pos, dims=(INIT_DIM,), coords={INIT_DIM: sub[INIT_DIM]})
+            persistence[v] = like(
+                src.isel({TRUTH_TIME: ip}).drop_vars(TRUTH_TIME, errors="ignore"), fc
+            )
+    return forecast, truth_at, persistence if cases.init_pos is not None else None

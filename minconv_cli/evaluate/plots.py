@@ -1,0 +1,59 @@
+"""The error-against-lead-time figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from minconv_cli.evaluate.scoring import Scores
+
+
+def plot_scores(scores: Scores, path: Path) -> None:
+    """Error (RMSE, else the first metric) and ACC against lead time: one column per variable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = scores.table
+    rows = [m for m in ("rmse", "acc") if m in table["metric"].values]
+    if not rows:
+        rows = [str(table["metric"].values[0])]
+    channels = [str(v) for v in table["variable"].values]
+    x = table["lead_hours"].values if scores.lead_is_time else table["lead"].values.astype(float)
+    fig, axes = plt.subplots(
+        len(rows), len(channels), figsize=(4.2 * len(channels), 3.2 * len(rows)), squeeze=False
+    )
+    styles = {"persistence": ("0.45", "--", "s"), "climatology": ("0.2", ":", "^")}
+    for j, ch in enumerate(channels):
+        for i, m in enumerate(rows):
+            ax = axes[i][j]
+            for name in [str(n) for n in table["forecast"].values]:
+                y = table.sel(forecast=name, metric=m, variable=ch).values
+                if not np.isfinite(y).any():
+                    continue
+                color, ls, marker = styles.get(name, (None, "-", "o"))
+                (line,) = ax.plot(x, y, ls=ls, marker=marker, ms=3, color=color, label=name)
+                if m == "rmse" and "spread" in table["metric"].values:  # an ensemble's spread
+                    sp = table.sel(forecast=name, metric="spread", variable=ch).values
+                    if np.isfinite(sp).any():
+                        ax.plot(x, sp, ls="--", color=line.get_color(), label=f"{name} spread")
+            unit = scores.units.get(ch, "")
+            ylabel = m.upper() + (f" [{unit}]" if m != "acc" and unit and unit != "1" else "")
+            ax.set_ylabel(ylabel)
+            ax.set_title(ch if i == 0 else "")
+            ax.grid(alpha=0.3)
+            if len(x) <= 12:
+                ax.set_xticks(x)
+            if i == len(rows) - 1:
+                unit = table["lead"].attrs.get("units", "time units")
+                ax.set_xlabel("lead time [h]" if scores.lead_is_time else f"lead ({unit})")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    fig.suptitle(f"scores against {Path(scores.truth).name}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""The report files: scores.json, scores.csv, scores.nc and the PNGs, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from minconv_cli import __version__
+from minconv_cli.data.remote import is_url
+from minconv_cli.ensemble import RANK_DIM, RANK_HISTOGRAM, plot_rank_histograms
+from minconv_cli.errors import MinconvError
+from minconv_cli.evaluate.labels import format_lead
+from minconv_cli.evaluate.plots import plot_scores
+from minconv_cli.evaluate.scoring import Scores
+from minconv_cli.files import atomic_paths
+
+OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc")
+PLOT_FILE = "scores.png"
+RANK_PLOT_FILE = "rank_histogram.png"  # ensembles only
+
+
+def default_out_dir(forecast: str | Path) -> Path:
+    """`FORECAST_scores/` beside the forecast (`runs/fc.zarr` -> `runs/fc_scores`); for a URL
+    forecast, `fc_scores/` in the current directory."""
+    p = Path(forecast)
+    return Path(f"{p.stem}_scores") if is_url(forecast) else p.parent / f"{p.stem}_scores"
+
+
+def output_paths(out_dir: Path, plot: Path | None) -> list[Path]:
+    """The files a report writes: scores.json, scores.csv, scores.nc and the PNG."""
+    return [out_dir / f for f in OUTPUT_FILES] + [plot or out_dir / PLOT_FILE]
+
+
+def rank_plot_path(out_dir: Path, plot: Path | None) -> Path:
+    """The rank-histogram PNG of an ensemble: beside --plot (NAME_rank_histogram.png) or in OUT."""
+    return plot.with_name(f"{plot.stem}_{RANK_PLOT_FILE}") if plot else out_dir / RANK_PLOT_FILE
+
+
+def check_outputs(out_dir: Path, plot: Path | None, overwrite: bool) -> None:
+    """Refuse (before any work) to replace existing reports unless told to."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MinconvError(f"{out_dir}: exists and is not a directory (--out)")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise MinconvError(f"--plot {plot}: expected a .png file name")
+    if not overwrite:
+        paths = [*output_paths(out_dir, plot), rank_plot_path(out_dir, plot)]
+        existing = [str(p) for p in paths if p.exists()]
+        if existing:
+            raise MinconvError(f"{existing[0]}: exists; use --overwrite to replace the scores")
+
+
+def _records_csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    cols = ["forecast", "variable", "lead", "lead_hours", "metric", "value", "note"]
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: "" if r[k] is None else r[k] for k in cols})
+    return buf.getvalue()
+
+
+def _table_dataset(scores: Scores) -> xr.Dataset:
+    ds = scores.table.to_dataset()
+    ds["score"].attrs = {
+        "long_name": "forecast scores (NaN: undefined or not scored; see notes)",
+        "units_by_variable": json.dumps(scores.units),
+    }
+    if scores.rank_histograms:
+        ds[RANK_HISTOGRAM] = _rank_table(scores)
+    ds.attrs = {
+        "minconv_version": __version__,
+        "truth": scores.truth,
+        "forecasts": json.dumps(scores.meta),
+        "references": ", ".join(scores.references),
+        "overlap": json.dumps(scores.overlap),
+        "notes": "\n".join(scores.notes),
+    }
+    return ds
+
+
+def _rank_table(scores: Scores) -> xr.DataArray:
+    """Rank histograms as (forecast, variable, lead, rank); NaN where a pair has none."""
+    keys = list(scores.rank_histograms)
+    forecasts = list(dict.fromkeys(f for f, _ in keys))
+    channels = list(dict.fromkeys(c for _, c in keys))
+    first = scores.rank_histograms[keys[0]]
+    out = xr.DataArray(
+        np.full(
+            (len(forecasts), len(channels), first.sizes["lead"], first.sizes[RANK_DIM]), np.nan
+        ),
+        dims=("forecast", "variable", "lead", RANK_DIM),
+        coords={
+            "forecast": forecasts,
+            "variable": channels,
+            "lead": first["lead"].values,
+            RANK_DIM: first[RANK_DIM].values,
+        },
+        attrs={
+            "long_name": "rank histogram: relative frequency of the truth's rank among the members"
+        },
+    )
+    for (f, c), h in scores.rank_histograms.items():
+        if h.sizes[RANK_DIM] == out.sizes[RANK_DIM]:
+            out.loc[{"forecast": f, "variable": c}] = h.values
+    return out
+
+
+def write_reports(scores: Scores, out_dir: Path, plot: Path | None = None) -> list[Path]:
+    """Write scores.json, scores.csv, scores.nc and the PNG(s), each via a temporary sibling + rename."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = output_paths(out_dir, plot)
+    rank_png = rank_plot_path(out_dir, plot)
+    if scores.rank_histograms:
+        targets.append(rank_png)
+    else:
+        rank_png.unlink(missing_ok=True)  # a stale one from an earlier ensemble
+    with atomic_paths(targets) as temps:
+        temps[0].write_text(json.dumps(scores.records, indent=1) + "\n")
+        temps[1].write_text(_records_csv(scores.records))
+        _table_dataset(scores).to_netcdf(temps[2], engine="netcdf4")
+        plot_scores(scores, temps[3])
+        if scores.rank_histograms:
+            leads = [format_lead(x) for x in scores.table["lead"].values]
+            plot_rank_histograms(scores.rank_histograms, temps[4], leads)
+    return targets

@@ -1,0 +1,380 @@
+"""Scoring: open the forecasts and the truth, align them, build the references, reduce the
+metrics chunk-wise with dask, and assemble the records and the score table."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from minconv_cli import metrics
+from minconv_cli.data import Fields, open_fields
+from minconv_cli.data.dims import is_latitude, is_longitude
+from minconv_cli.data.remote import as_source
+from minconv_cli.ensemble import ENSEMBLE_METRICS, RANK_DIM, RANK_HISTOGRAM, ensemble_scores
+from minconv_cli.errors import MinconvError
+from minconv_cli.evaluate.align import LOAD_BELOW_BYTES, Aligned, align, like, to_forecast_grid
+from minconv_cli.evaluate.climatology import (
+    Climatology,
+    ClimatologyGap,
+    climatology_at,
+    climatology_from_file,
+    climatology_from_truth,
+)
+from minconv_cli.evaluate.labels import format_lead, lead_hours
+from minconv_cli.files import Progress, dask_progress
+from minconv_cli.store import INIT_DIM, LEAD_DIM, MEMBER_DIM, ForecastStore, open_forecast
+
+METRICS = ("rmse", "mae", "bias", "acc", "rel_l2")
+REFERENCES = ("persistence", "climatology")
+UNDEFINED = {
+    "acc": "undefined: forecast or truth anomalies are zero in every case (e.g. the climatology itself)",
+    "rel_l2": "undefined: the truth is zero in every case",
+    "skill": "undefined: the reference's MSE is 0 (it is exact here)",
+    "empty": "undefined: no valid cells to score",
+}
+
+
+@dataclass
+class Scores:
+    """Every score: the records, the table (forecast x metric x variable x lead) and what was scored."""
+
+    records: list[dict]
+    table: xr.DataArray
+    overlap: list[dict]
+    notes: list[str]
+    units: dict[str, str]
+    forecasts: list[str]
+    references: list[str]
+    lead_is_time: bool
+    truth: str
+    meta: dict = field(default_factory=dict)
+    # (forecast, variable) -> relative frequency over (lead, rank), for ensemble forecasts
+    rank_histograms: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"records": self.records, "overlap": self.overlap, "notes": self.notes}
+
+
+def parse_compare(spec: str) -> tuple[str, str | Path]:
+    """`NAME=PATH` or `PATH` (named by the file's stem) of a `--compare` forecast; PATH may be a URL."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and os.sep not in name:
+        return name, as_source(path)
+    return Path(spec).stem, as_source(spec)
+
+
+def _lazy_scores(
+    fc: xr.DataArray,
+    truth: xr.DataArray,
+    clim: xr.DataArray | None,
+    store: ForecastStore,
+    wanted: Sequence[str],
+) -> dict[str, xr.DataArray]:
+    """The lazy reductions for one forecast and variable: mse, count and each wanted metric."""
+    space = (store.y_dim, store.x_dim)
+    cases = (INIT_DIM, *store.sample_dims)
+    latlon = is_latitude(store.ds, store.y_dim) and is_longitude(store.ds, store.x_dim)
+    w = metrics.area_weights(store.ds[store.y_dim]) if latlon else None
+    extra = {}
+    if (
+        MEMBER_DIM in fc.dims
+    ):  # an ensemble: the usual metrics on its mean, plus the ensemble scores
+        keep = (LEAD_DIM, store.level_dim)
+        extra = ensemble_scores(fc, truth, space, cases, w, keep)
+        fc = fc.mean(MEMBER_DIM, skipna=False)
+    out = {
+        **extra,
+        "mse": metrics.mse(fc, truth, space, cases, w),
+        "count": (fc - truth).notnull().sum([*cases, *space]),
+    }
+    if "mae" in wanted:
+        out["mae"] = metrics.mae(fc, truth, space, cases, w)
+    if "bias" in wanted:
+        out["bias"] = metrics.bias(fc, truth, space, cases, w)
+    if "rel_l2" in wanted:
+        out["rel_l2"] = metrics.rel_l2(fc, truth, space, cases, w)
+    if "acc" in wanted and clim is not None:
+        out["acc"] = metrics.acc(fc, truth, clim, space, cases, w)
+    return out
+
+
+def _parse_list(value: Sequence[str] | str, allowed: Sequence[str], option: str) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [s.strip().lower() for s in items if s.strip()]
+    bad = [s for s in items if s not in allowed]
+    if bad:
+        raise MinconvError(f"{option}: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def evaluate(
+    forecast: str | Path,
+    truth: str | Path | Sequence[str | Path],
+    compare: Sequence[str] = (),
+    metrics_: Sequence[str] | str = METRICS,
+    references: Sequence[str] | str = REFERENCES,
+    climatology: str | Path | None = None,
+    climatology_period: str | None = None,
+    progress: Progress | None = None,
+    load_below: int = LOAD_BELOW_BYTES,
+) -> Scores:
+    """Score FORECAST (and the `--compare` forecasts) against TRUTH with the reference forecasts."""
+    wanted = _parse_list(metrics_, METRICS, "--metrics")
+    refs = _parse_list(references, REFERENCES, "--references")
+    if not wanted:
+        raise MinconvError("--metrics: give at least one of " + ", ".join(METRICS))
+    if climatology is not None and climatology_period is not None:
+        raise MinconvError("--climatology and --climatology-period: give one or the other")
+    stores = _open_stores(forecast, compare)
+    variables = list(dict.fromkeys(v for s in stores for v in s.variables))
+    main = stores[0]
+    fields = open_fields(truth, variables=variables)
+    aligned = [
+        align(s, fields, with_persistence="persistence" in refs and s is main) for s in stores
+    ]
+    notes = [f"{a.store.name}: {n}" for a in aligned for n in a.overlap.pop("notes")]
+    clim = None
+    if "climatology" in refs or "acc" in wanted:
+        clim = _climatology(fields, variables, main, climatology, climatology_period, notes)
+    lazy, clim_main = _store_scores(aligned, clim, wanted, notes)
+    lazy_refs = _reference_scores(aligned[0], clim_main, refs, wanted)
+    used_refs = list(dict.fromkeys(ref for ref, _ in lazy_refs))
+    lazy.update(lazy_refs)
+    keys = list(lazy)
+    with dask_progress(progress, every=50), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
+        computed = dask.compute(*[xr.Dataset(lazy[k]) for k in keys])
+    by_name = {s.name: s for s in stores}
+    results = {
+        k: _finish_ensemble(ds, by_name.get(k[0])) for k, ds in zip(keys, computed, strict=True)
+    }
+    return _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+
+
+def _open_stores(forecast: str | Path, compare: Sequence[str]) -> list[ForecastStore]:
+    """FORECAST and the `--compare` forecasts, under distinct names."""
+    stores = [open_forecast(forecast)]
+    for spec in compare:
+        name, path = parse_compare(spec)
+        stores.append(open_forecast(path, name))
+    names = [s.name for s in stores]
+    clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(REFERENCES)))
+    if clash:
+        raise MinconvError(f"--compare: forecast name(s) {clash} used twice; name them NAME=PATH")
+    return stores
+
+
+def _climatology(
+    fields: Fields,
+    variables: list[str],
+    main: ForecastStore,
+    path: str | Path | None,
+    period: str | None,
+    notes: list[str],
+) -> Climatology | None:
+    """The climatology from a file, else from the truth (None, with a note, when it has none)."""
+    if path is not None:
+        clim = climatology_from_file(as_source(path), variables, fields.time_is_datetime)
+    else:
+        first_init = main.ds[INIT_DIM].values.min()
+        clim = climatology_from_truth(fields, variables, period, first_init)
+        if clim is None:
+            notes.append(
+                "no climatology: the truth has no times before the first init time; "
+                "climatology and ACC left out (give --climatology-period or --climatology)"
+            )
+    if clim is not None:
+        notes.append(f"climatology: {clim.source}")
+    return clim
+
+
+def _store_scores(
+    aligned: list[Aligned], clim: Climatology | None, wanted: list[str], notes: list[str]
+) -> tuple[dict, dict[str, xr.DataArray] | None]:
+    """The lazy reductions of every (store, variable), and the climatology at the main store's
+    valid times (None without one)."""
+    lazy: dict[tuple[str, str], dict[str, xr.DataArray]] = {}
+    clim_main: dict[str, xr.DataArray] | None = None
+    for a in aligned:
+        clim_at = None
+        if clim is not None:
+            grid = to_forecast_grid(xr.Dataset(clim.fields), clim.roles, a.store, f"{clim.source}")
+            try:
+                clim_at = {
+                    v: climatology_at(grid[v], a.valid_times, clim.source, a.forecast[v])
+                    for v in a.store.variables
+                }
+            except ClimatologyGap as gap:
+                if clim.explicit:
+                    raise
+                notes.append(f"climatology and ACC left out: {gap}")
+                clim = None
+        if a is aligned[0]:
+            clim_main = clim_at
+        for v in a.store.variables:
+            c = clim_at[v] if clim_at is not None else None
+            lazy[(a.store.name, v)] = _lazy_scores(a.forecast[v], a.truth[v], c, a.store, wanted)
+    return lazy, clim_main
+
+
+def _reference_scores(
+    main: Aligned, clim_main: dict[str, xr.DataArray] | None, refs: list[str], wanted: list[str]
+) -> dict[tuple[str, str], dict[str, xr.DataArray]]:
+    """The lazy reductions of the reference forecasts (persistence, climatology) that exist."""
+    lazy = {}
+    for ref in refs:
+        for v in main.store.variables:
+            if ref == "persistence" and main.persistence is not None:
+                ref_fc = main.persistence[v]
+            elif ref == "climatology" and clim_main is not None:
+                ref_fc = clim_main[v]
+            else:
+                continue
+            ref_fc = like(ref_fc.broadcast_like(main.truth[v]), main.truth[v])
+            c = clim_main[v] if clim_main is not None else None
+            lazy[(ref, v)] = _lazy_scores(ref_fc, main.truth[v], c, main.store, wanted)
+    return lazy
+
+
+def _finish_ensemble(ds: xr.Dataset, store: ForecastStore | None) -> xr.Dataset:
+    """Spread and spread/skill of an ensemble store's reductions (others pass through)."""
+    from minconv_cli.ensemble import finish
+
+    return finish(ds, store.members) if store is not None and store.members else ds
+
+
+def _channel_name(fields: Fields, variable: str, level: Any) -> str:
+    for ch in fields.channels:
+        if ch.variable == variable and ch.level == level:
+            return ch.name
+    return f"{variable}_{level}"
+
+
+def _assemble(
+    results: dict[tuple[str, str], xr.Dataset],
+    stores: list[ForecastStore],
+    refs: list[str],
+    wanted: list[str],
+    fields: Fields,
+    notes: list[str],
+    aligned: list[Aligned],
+) -> Scores:
+    """Computed reductions -> skill scores, the (forecast, metric, variable, lead) table and records."""
+    main = stores[0]
+    leads = np.unique(np.concatenate([r[LEAD_DIM].values for r in results.values()]))
+    names = [s.name for s in stores] + refs
+    per, units = _per_channel(results, main, fields, leads)
+    channels = list(dict.fromkeys(ch for _, ch in per))
+    metric_names = [m for m in wanted] + [f"skill_vs_{r}" for r in refs]
+    if any(s.members for s in stores):
+        metric_names += [m for m in ENSEMBLE_METRICS if any(m in ds for ds in per.values())]
+    rank_hists = {
+        key: ds[RANK_HISTOGRAM].rename({LEAD_DIM: "lead"}).transpose("lead", RANK_DIM)
+        for key, ds in per.items()
+        if RANK_HISTOGRAM in ds
+    }
+    for (name, ch), ds in per.items():
+        if "rmse" in wanted:
+            ds["rmse"] = np.sqrt(ds["mse"])
+        for r in refs:
+            if r != name and (r, ch) in per:
+                ds[f"skill_vs_{r}"] = metrics.skill_score(ds["mse"], per[(r, ch)]["mse"])
+    table = xr.DataArray(
+        np.full((len(names), len(metric_names), len(channels), len(leads)), np.nan),
+        dims=("forecast", "metric", "variable", "lead"),
+        coords={"forecast": names, "metric": metric_names, "variable": channels, "lead": leads},
+        name="score",
+    )
+    records = _fill(table, per, metric_names, leads, main.lead_unit, notes)
+    if main.lead_unit:
+        table["lead"].attrs["units"] = main.lead_unit
+    if main.lead_is_time:
+        table = table.assign_coords(
+            lead_hours=("lead", [lead_hours(x) for x in leads], {"units": "hours"})
+        )
+    return Scores(
+        records=records,
+        table=table,
+        overlap=[a.overlap for a in aligned],
+        notes=notes,
+        units=units,
+        forecasts=[s.name for s in stores],
+        references=refs,
+        lead_is_time=main.lead_is_time,
+        truth=fields.path_label,
+        meta={s.name: str(s.path) for s in stores},
+        rank_histograms=rank_hists,
+    )
+
+
+def _per_channel(
+    results: dict[tuple[str, str], xr.Dataset],
+    main: ForecastStore,
+    fields: Fields,
+    leads: np.ndarray,
+) -> tuple[dict[tuple[str, str], xr.Dataset], dict[str, str]]:
+    """Per (name, channel): a Dataset over all leads, levels split into channels; and the units."""
+    per: dict[tuple[str, str], xr.Dataset] = {}
+    units: dict[str, str] = {}
+    for (name, v), ds in results.items():
+        ds = ds.reindex({LEAD_DIM: leads})
+        level = main.level_dim if main.level_dim in ds.dims else None
+        for lv in ds[level].values.tolist() if level else [None]:
+            part = ds.sel({level: lv}) if level else ds
+            ch = _channel_name(fields, v, lv) if level else v
+            per[(name, ch)] = part.drop_vars(level, errors="ignore") if level else part
+            units[ch] = str(fields.ds[v].attrs.get("units", ""))
+    return per, units
+
+
+def _fill(
+    table: xr.DataArray,
+    per: dict[tuple[str, str], xr.Dataset],
+    metric_names: list[str],
+    leads: np.ndarray,
+    lead_unit: str | None,
+    notes: list[str],
+) -> list[dict]:
+    """Fill `table` and return the records; undefined values are null with one note per kind."""
+    records = []
+    undefined: dict[tuple, tuple[dict, dict]] = {}  # (forecast, metric, note) -> channels, leads
+    for (name, ch), ds in per.items():
+        for m in metric_names:
+            if m not in ds:
+                continue
+            table.loc[{"forecast": name, "metric": m, "variable": ch}] = ds[m].values
+            for i, lead in enumerate(leads):
+                count = ds["count"].values[i]
+                if not np.isfinite(count):
+                    continue  # this forecast has no such lead
+                value = float(ds[m].values[i])
+                note = None
+                if not math.isfinite(value):
+                    kind = "empty" if count == 0 else ("skill" if m.startswith("skill") else m)
+                    note = UNDEFINED.get(kind, UNDEFINED["empty"])
+                    seen = undefined.setdefault((name, m, note), ({}, {}))
+                    seen[0][ch], seen[1][format_lead(lead, lead_unit)] = None, None
+                records.append(
+                    {
+                        "forecast": name,
+                        "variable": ch,
+                        "lead": format_lead(lead, lead_unit),
+                        "lead_hours": lead_hours(lead),
+                        "metric": m,
+                        "value": value if note is None else None,
+                        "note": note,
+                    }
+                )
+    for (name, m, note), (chs, at) in undefined.items():
+        where = "every lead" if len(at) == len(leads) else "lead " + ", ".join(at)
+        notes.append(f"{name} {m} of {', '.join(chs)} at {where}: {note} (null in the records)")
+    return records
