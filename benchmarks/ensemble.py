@@ -76,7 +76,7 @@ def minconv(*argv: object) -> str:
     return done.stdout
 
 
-def train(exp: dict, run: Path, extra: list[object], max_time: float) -> Path:
+def train(exp: dict, run: Path, extra: list[object]) -> Path:
     if not (run / "model.pt").exists():
         minconv("train", *exp["data"], *exp["train"], *extra, "--out", run, "--overwrite", "-q")
     return run / "model.pt"
@@ -163,7 +163,11 @@ def calibrate(exp: dict, name: str, seeds: list[Path], fc: Path, grid: list[floa
     return found
 
 
-def member_args(checkpoints: int, step: float, per: int = 3) -> list[object]:
+def member_args(checkpoints: int, step: float) -> list[object]:
+    """At least 10 members: per checkpoint its control and whole +- pairs of step noise."""
+    per = 3
+    while per * checkpoints < 10:
+        per += 2
     return ["--members", per * checkpoints, "--perturbation", 0, "--step-noise", step]
 
 
@@ -177,6 +181,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="deterministic models (seeds 0..)")
     parser.add_argument("--noise-grid", default="0.5,0.75,1.0", help="step-noise sizes to try")
     parser.add_argument("--crps", action="store_true", help="also train and score the CRPS option")
+    parser.add_argument("--step-noise", type=float, help="skip the calibration, use this size")
+    parser.add_argument("--variants", help="comma-separated subset of the ensembles to score")
     args = parser.parse_args()
     runs = Path(args.runs)
     plots = REPO / "benchmarks" / "results" / "ensemble"
@@ -190,8 +196,12 @@ def main() -> None:
         ]
         fc = runs / f"{name}-forecasts"
         fc.mkdir(exist_ok=True)
-        found = calibrate(exp, name, seeds, fc, [float(s) for s in args.noise_grid.split(",")])
-        step = min(found, key=lambda s: abs(math.log(found[s])))
+        if args.step_noise is None:
+            grid = [float(s) for s in args.noise_grid.split(",")]
+            found = calibrate(exp, name, seeds, fc, grid)
+            step = min(found, key=lambda s: abs(math.log(found[s])))
+        else:
+            found, step = {}, args.step_noise
         dets = {
             f"det{k}": rollout(exp, "test", [c], fc / f"det{k}.zarr") for k, c in enumerate(seeds)
         }
@@ -207,6 +217,8 @@ def main() -> None:
         if args.crps:
             crps = train(exp, runs / f"{name}-crps", ["--seed", 0, *CRPS_TRAIN, *budget])
             variants["crps-ic0.1"] = ([crps], ["--members", 10, "--perturbation", 0.1])
+        if args.variants:
+            variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
         exp_out: dict = {}
         for key, (ckpts, extra) in variants.items():
             store = rollout(exp, "test", ckpts, fc / f"{key}.zarr", *extra)
@@ -232,6 +244,16 @@ def main() -> None:
                     f" {s['crps_fair_last']:>9.4g}"
                 )
     out = REPO / "benchmarks" / "results" / "ensemble.json"
+    if out.exists():  # other experiments and variants of earlier runs stay
+        old = json.loads(out.read_text()).get("experiments", {})
+        for name, exp_out in results["experiments"].items():
+            kept = old.get(name, {}).get("variants", {})
+            exp_out["variants"] = {**kept, **exp_out["variants"]}
+            if not exp_out["validation_spread_skill"]:
+                exp_out["validation_spread_skill"] = old.get(name, {}).get(
+                    "validation_spread_skill", {}
+                )
+        results["experiments"] = {**old, **results["experiments"]}
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
 
