@@ -224,7 +224,7 @@ def main() -> None:
             store = rollout(exp, "test", ckpts, fc / f"{key}.zarr", *extra)
             records = evaluate(exp, store, fc / f"scores-{key}", dets)
             exp_out[key] = summarise(records, exp, len(seeds))
-            for png in ("scores.png", "rank_histogram.png"):
+            for png in ("scores.png", "rank_histogram.png") if key == "step" else ():
                 shutil.copy(fc / f"scores-{key}" / png, plots / f"{name}-{key}-{png}")
         results["experiments"][name] = {
             "validation_spread_skill": {str(s): round(r, 3) for s, r in found.items()},
