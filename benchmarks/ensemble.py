@@ -187,7 +187,7 @@ def main() -> None:
     runs = Path(args.runs)
     plots = REPO / "benchmarks" / "results" / "ensemble"
     plots.mkdir(parents=True, exist_ok=True)
-    results: dict = {"seeds": args.seeds, "experiments": {}}
+    results: dict = {"experiments": {}}
     for name in args.experiments.split(","):
         exp, started = EXPERIMENTS[name], time.perf_counter()
         budget = ["--max-time", args.max_time]
@@ -227,6 +227,7 @@ def main() -> None:
             for png in ("scores.png", "rank_histogram.png") if key == "step" else ():
                 shutil.copy(fc / f"scores-{key}" / png, plots / f"{name}-{key}-{png}")
         results["experiments"][name] = {
+            "seeds": args.seeds,
             "validation_spread_skill": {str(s): round(r, 3) for s, r in found.items()},
             "step_noise": step,
             "variants": exp_out,
