@@ -55,7 +55,7 @@ class MinConvCell(nn.Module):
         self, x: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         T, B = x.shape[:2]
-        u = self.conv(x.reshape(T * B, *x.shape[2:])).float()  # bf16 under autocast: gates in fp32
+        u = self.conv(x.reshape(T * B, *x.shape[2:]))  # fp32 also under autocast (GridConv2d)
         u = u.view(T, B, *u.shape[1:])
         if self.backend in FUSED_BACKENDS:
             h = fused_recurrence(self.backend, *self.logits(u), state)
@@ -68,8 +68,8 @@ class MinConvCell(nn.Module):
         self, x: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         u = self.conv(x)
-        if torch.is_grad_enabled() or u.dtype != torch.float32:
-            s, p = self.logits(u.float())
+        if torch.is_grad_enabled():
+            s, p = self.logits(u)
             z = torch.sigmoid(s)
             h = z * g(p) if state is None else torch.lerp(state, g(p), z)
             return h, h
@@ -108,8 +108,8 @@ class ConvGRUCell(_StepwiseCell):
 
     def step(self, x: torch.Tensor, state: torch.Tensor | None):
         h = state if state is not None else x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
-        z, r = torch.sigmoid(self.gates_conv(torch.cat([x, h], dim=1)).float()).chunk(2, dim=1)
-        cand = torch.tanh(self.cand_conv(torch.cat([x, r * h], dim=1)).float())
+        z, r = torch.sigmoid(self.gates_conv(torch.cat([x, h], dim=1))).chunk(2, dim=1)
+        cand = torch.tanh(self.cand_conv(torch.cat([x, r * h], dim=1)))
         h = torch.lerp(h, cand, z)
         return h, h
 
@@ -140,7 +140,7 @@ class ConvLSTMCell(_StepwiseCell):
             zeros = x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
             state = (zeros, zeros)
         h, c = state
-        i, f, o, cand = self.conv(torch.cat([x, h], dim=1)).float().chunk(4, dim=1)
+        i, f, o, cand = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
         if self.peep is not None:
             i = i + self.peep[0] * c
             f = f + self.peep[1] * c
