@@ -31,6 +31,11 @@ sys.path.insert(0, {bench!r})
 from train_step import make_case, train_step
 from minconv_cli.precision import resolve_precision
 torch.set_num_threads({threads})
+try:  # this tree sets the allocator as the CLI does; trees before it had no such module
+    from minconv_cli.allocator import keep_freed_memory
+    keep_freed_memory()
+except ImportError:
+    pass
 precision = resolve_precision({precision!r}, "cpu")
 case = make_case({model!r}, {grid}, {batch}, 25, 20, precision=precision)
 train_step(*case)

@@ -31,6 +31,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from minconv_cli.allocator import keep_freed_memory
 from minconv_cli.models import MODEL_NAMES, count_parameters, create_model
 from minconv_cli.models.gates import gated_recurrence
 from minconv_cli.precision import autocast, native_bf16, resolve_precision
@@ -173,6 +174,7 @@ def _peak_rss_bytes() -> int:
 
 
 def _memory_child(args, threads, queue) -> None:
+    keep_freed_memory()  # as `minconv train` does
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     case = make_case(*args)
@@ -239,6 +241,7 @@ def scan_backends(repeats: int, B=4, T=25, C=48, grid=64) -> dict[str, float]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as `minconv train` does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="a fast smoke run (16x16 only, few repeats)"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from minconv_cli import __version__
+from minconv_cli.allocator import keep_freed_memory
 from minconv_cli.checkpoint import GridOrder, LoadedCheckpoint
 from minconv_cli.data import Fields, Normalizer, split_fields
 from minconv_cli.data.remote import as_source, is_url, local_path
@@ -143,6 +144,7 @@ def rollout(
     )
     _check_request(steps, batch_size, zarr_format, mode, out, data)
     dev = resolve_device(device)
+    keep_freed_memory()
     if precision == "auto" and mode == "resume" and out.exists():
         precision = stored_precision(out)
     precision = resolve_precision(precision, dev, "--precision")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from minconv_cli.allocator import keep_freed_memory
 from minconv_cli.files import resolve_device
 
 
@@ -38,7 +39,9 @@ def available_cores() -> int:
 
 
 def setup(preference: str) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group if there is one (nccl on CUDA, gloo on CPU); set threads."""
+    """Join the torchrun process group if there is one (nccl on CUDA, gloo on CPU); set threads
+    and the allocator."""
+    keep_freed_memory()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     info = Dist(
