@@ -67,14 +67,11 @@ class MinConvCell(nn.Module):
     def step(
         self, x: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        u = self.conv(x)
-        if torch.is_grad_enabled():
-            s, p = self.logits(u)
-            z = torch.sigmoid(s)
-            h = z * g(p) if state is None else torch.lerp(state, g(p), z)
-            return h, h
+        if torch.is_grad_enabled():  # closed-loop training: a sequence of one (the fused backward)
+            h, _ = self.sequence(x.unsqueeze(0), state)
+            return h[0], h[0]
         # inference: the gates in place in the conv output, one new tensor (h) per step
-        s, p = self.logits(u)
+        s, p = self.logits(self.conv(x))
         z = s.sigmoid_()
         cand = torch.maximum(torch.sigmoid(p), p.add_(0.5), out=p)
         h = cand.mul_(z) if state is None else torch.lerp(state, cand, z)
