@@ -46,6 +46,12 @@ def rollout(tmp, data, *args):
     return xr.open_zarr(tmp / args[-1]).load()
 
 
+# Members run batched with others, the deterministic forecast alone: the convolution library may
+# split the batch differently (it does with one thread), so "the same forecast" is equal to float
+# rounding, far below any perturbation.
+SAME_RUN = 1e-5
+
+
 def test_members_share_the_store_layout_with_a_number_dim_and_member_0_is_the_control(setup):
     tmp, data = setup
     det = rollout(tmp, data, tmp / "a.pt", "det.zarr")
@@ -55,7 +61,7 @@ def test_members_share_the_store_layout_with_a_number_dim_and_member_0_is_the_co
     assert ens.sizes["number"] == 4 and ens.minconv_done.dims == ("time", "number")
     assert bool(ens.minconv_done.all())
     assert ens.member_perturbed.values.tolist() == [False, True, True, True]
-    np.testing.assert_array_equal(ens.z.isel(number=0).values, det.z.values)
+    np.testing.assert_allclose(ens.z.isel(number=0).values, det.z.values, rtol=SAME_RUN)
     for m in (1, 2, 3):  # perturbed members differ from the control and from each other
         assert not np.allclose(ens.z.isel(number=m).values, det.z.values)
     assert not np.allclose(ens.z.isel(number=1).values, ens.z.isel(number=2).values)
@@ -87,7 +93,9 @@ def test_an_interrupted_ensemble_resumes_to_the_same_store(setup):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["written"] == 2 and summary["skipped"] == 4 and summary["members"] == 3
-    np.testing.assert_array_equal(xr.open_zarr(tmp / "part.zarr").z.values, full.z.values)
+    np.testing.assert_allclose(
+        xr.open_zarr(tmp / "part.zarr").z.values, full.z.values, rtol=SAME_RUN
+    )
     changed = invoke(tmp / "a.pt", data, *args, "--members", 3, "--seed", 1, "--resume")
     assert "other settings (ensemble differ)" in one_error_line(changed)
 
@@ -98,7 +106,7 @@ def test_several_checkpoints_split_the_members_in_blocks_each_with_its_control(s
     ens = rollout(tmp, data, tmp / "a.pt", tmp / "b.pt", "--members", 5, "ens.zarr")
     assert ens.member_checkpoint.values.tolist() == [0, 0, 0, 1, 1]
     assert ens.member_perturbed.values.tolist() == [False, True, True, False, True]
-    np.testing.assert_array_equal(ens.z.isel(number=3).values, det_b.z.values)
+    np.testing.assert_allclose(ens.z.isel(number=3).values, det_b.z.values, rtol=SAME_RUN)
     one_each = rollout(tmp, data, tmp / "a.pt", tmp / "b.pt", "two.zarr")
     assert one_each.sizes["number"] == 2 and not one_each.member_perturbed.values.any()
 
@@ -114,7 +122,9 @@ def test_step_noise_adds_the_models_own_one_step_errors_in_antithetic_pairs(setu
     ens = rollout(tmp, data, tmp / "a.pt", *args, "--step-noise", 1, "ens.zarr")
     half = rollout(tmp, data, tmp / "a.pt", *args, "--step-noise", 0.5, "half.zarr")
     det = rollout(tmp, data, tmp / "a.pt", "--precision", "fp32", "--context", 6, "det.zarr")
-    np.testing.assert_array_equal(ens.z.isel(number=0).values, det.z.values)  # the control
+    np.testing.assert_allclose(
+        ens.z.isel(number=0).values, det.z.values, rtol=SAME_RUN
+    )  # the control
     lead1 = ens.isel(prediction_timedelta=0) - det.isel(prediction_timedelta=0)
     for v in ("z", "t"):  # the pair's lead-1 errors are opposite, and scale with the option
         d = lead1[v].values
