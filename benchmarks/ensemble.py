@@ -1,23 +1,28 @@
 """Ensembles against the deterministic forecast, through the `minconv` commands only.
 
-For each experiment (the paper protocol of benchmarks/paper/run.py, MinConvGRU): train K
+For each experiment (the paper protocol of benchmarks/paper/run.py, MinConvGRU): train N
 deterministic models that differ only in their seed (and, with --crps, one with the ensemble
 training option `train.ensemble_members=2`), unless their run directories already hold a
 model.pt. Then
+0. with --select K: roll out every seed over the validation period and keep the K whose RMSE at
+   the longest lead is lowest (relative to the seeds' median, mean over the variables); the best
+   of them is "the deterministic forecast" (det = the model a user would deploy). Without it the
+   K = N seeds are all kept and det is seed 0;
 1. calibrate: roll out the K-checkpoint ensemble (3 members each: the control and one +- pair of
    step noise) over the validation period for each `--step-noise` S of --noise-grid and keep the S
    whose spread/skill ratio at the longest lead (mean over the variables) is closest to 1;
 2. test: roll out on the test period the deterministic forecast of every seed and the ensembles
-   below, score each with `minconv evaluate` against the truth with the seed-0 deterministic
-   forecast (and the other seeds') as `--compare`; print a table and write
+   below, score each with `minconv evaluate` against the truth with every seed's deterministic
+   forecast as `--compare`; print a table and write
    benchmarks/results/ensemble.json (plots under benchmarks/results/ensemble/).
 
 Ensembles: `step` (K checkpoints x 3 members, step noise S: the proposed one), `seeds` (the K
-controls only: model averaging alone), `single-step` (seed 0 alone, 11 members, step noise S),
-`ic0.3` (seed 0 alone, 10 members, context perturbation 0.3: the first method), and with --crps
+controls only: model averaging alone), `single-step` (det's seed alone, 11 members, step noise
+S), `ic0.3` (det's seed alone, 10 members, context perturbation 0.3: the first method), and with --crps
 `crps-ic0.1` (the CRPS-trained model, 10 members, context perturbation 0.1 as in its training).
 
     python benchmarks/ensemble.py --runs /tmp/ens --seeds 5
+    python benchmarks/ensemble.py --runs /tmp/ens --experiments ns --seeds 10 --select 4
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -91,7 +97,7 @@ def rollout(exp: dict, period: str, ckpts: list[Path], out: Path, *extra: object
 
 def evaluate(exp: dict, store: Path, out: Path, compare: dict[str, Path]) -> list[dict]:
     pairs = [w for name, path in compare.items() for w in ("--compare", f"{name}={path}")]
-    minconv("evaluate", store, *exp["data"], *pairs, *exp["evaluate"], "--out", out)
+    minconv("evaluate", store, *exp["data"], *pairs, *exp["evaluate"], "--out", out, "--overwrite")
     records = json.loads((out / "scores.json").read_text())
     for r in records:  # the forecast under test is named after its store: call it "ens"
         if r["forecast"] == store.stem:
@@ -125,9 +131,10 @@ def spread_skill_last(records: list[dict], kind: str) -> float:
     return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
 
 
-def summarise(records: list[dict], exp: dict, seeds: int) -> dict:
-    """Per variable: the ensemble mean's RMSE against seed 0's deterministic forecast and against
-    the best single seed at each lead beyond `beyond`, and the ensemble scores at the longest lead."""
+def summarise(records: list[dict], exp: dict, seeds: int, det: int = 0) -> dict:
+    """Per variable: the ensemble mean's RMSE against seed `det`'s deterministic forecast (and seed
+    0's) and against the best single seed at each lead beyond `beyond`, and the ensemble scores at
+    the longest lead."""
     t, out = table(records, exp["lead"]), {}
     for v in sorted({r["variable"] for r in records}):
         mean = t[("ens", "rmse", v)]
@@ -136,14 +143,17 @@ def summarise(records: list[dict], exp: dict, seeds: int) -> dict:
         last = max(mean)
         out[v] = {
             "last_lead": last,
-            "rmse_det_last": dets[0][last],
+            "det_seed": det,
+            "rmse_det_last": dets[det][last],
+            "rmse_seed0_last": dets[0][last],
             "rmse_best_seed_last": min(d[last] for d in dets),
             "rmse_mean_last": mean[last],
-            "mean_beats_det_beyond": f"{sum(mean[x] < dets[0][x] for x in late)}/{len(late)}",
+            "mean_beats_det_beyond": f"{sum(mean[x] < dets[det][x] for x in late)}/{len(late)}",
+            "mean_beats_seed0_beyond": f"{sum(mean[x] < dets[0][x] for x in late)}/{len(late)}",
             "mean_beats_every_seed_beyond": (
                 f"{sum(mean[x] < min(d[x] for d in dets) for x in late)}/{len(late)}"
             ),
-            "mean_vs_det_beyond_pct": [round(100 * (mean[x] / dets[0][x] - 1), 2) for x in late],
+            "mean_vs_det_beyond_pct": [round(100 * (mean[x] / dets[det][x] - 1), 2) for x in late],
             "spread_skill": {str(x): round(t[("ens", "spread_skill", v)][x], 3) for x in mean},
             "spread_skill_last": t[("ens", "spread_skill", v)][last],
             "crps_fair_last": t[("ens", "crps_fair", v)][last],
@@ -163,6 +173,28 @@ def calibrate(exp: dict, name: str, seeds: list[Path], fc: Path, grid: list[floa
     return found
 
 
+def select_seeds(exp: dict, name: str, seeds: list[Path], fc: Path, keep: int) -> list[int]:
+    """Indices of the `keep` seeds with the lowest validation RMSE at the longest lead (each
+    variable relative to the seeds' median, then averaged), best first."""
+    stores = {
+        f"det{k}": rollout(exp, "val", [c], fc / f"val-det{k}.zarr") for k, c in enumerate(seeds)
+    }
+    first = stores.pop("det0")
+    t = table(evaluate(exp, first, fc / "val-dets-scores", stores), exp["lead"])
+    t = {(("det0" if f == "ens" else f), m, v): by for (f, m, v), by in t.items()}
+    variables = sorted({v for (_, m, v) in t if m == "rmse"})
+    last = {v: [t[(f"det{k}", "rmse", v)] for k in range(len(seeds))] for v in variables}
+    last = {v: [by[max(by)] for by in rows] for v, rows in last.items()}
+    score = [
+        sum(last[v][k] / statistics.median(last[v]) for v in variables) / len(variables)
+        for k in range(len(seeds))
+    ]
+    order = sorted(range(len(seeds)), key=score.__getitem__)
+    for k in order:
+        print(f"{name}: seed {k}: validation RMSE at the longest lead / median {score[k]:.3f}")
+    return order[:keep]
+
+
 def member_args(checkpoints: int, step: float) -> list[object]:
     """At least 10 members: per checkpoint its control and whole +- pairs of step noise."""
     per = 3
@@ -179,6 +211,9 @@ def main() -> None:
     parser.add_argument("--runs", default=str(REPO / "runs"), help="run and forecast directory")
     parser.add_argument("--max-time", type=float, default=900, help="training budget per run, s")
     parser.add_argument("--seeds", type=int, default=5, help="deterministic models (seeds 0..)")
+    parser.add_argument(
+        "--select", type=int, help="keep this many seeds, the best on the validation period"
+    )
     parser.add_argument("--noise-grid", default="0.5,0.75,1.0", help="step-noise sizes to try")
     parser.add_argument("--crps", action="store_true", help="also train and score the CRPS option")
     parser.add_argument("--step-noise", type=float, help="skip the calibration, use this size")
@@ -191,11 +226,15 @@ def main() -> None:
     for name in args.experiments.split(","):
         exp, started = EXPERIMENTS[name], time.perf_counter()
         budget = ["--max-time", args.max_time]
-        seeds = [
+        trained = [
             train(exp, runs / f"{name}-det-s{k}", ["--seed", k, *budget]) for k in range(args.seeds)
         ]
         fc = runs / f"{name}-forecasts"
         fc.mkdir(exist_ok=True)
+        chosen = list(range(args.seeds))
+        if args.select:
+            chosen = select_seeds(exp, name, trained, fc, args.select)
+        seeds, det = [trained[k] for k in chosen], chosen[0]
         if args.step_noise is None:
             grid = [float(s) for s in args.noise_grid.split(",")]
             found = calibrate(exp, name, seeds, fc, grid)
@@ -203,7 +242,7 @@ def main() -> None:
         else:
             found, step = {}, args.step_noise
         dets = {
-            f"det{k}": rollout(exp, "test", [c], fc / f"det{k}.zarr") for k, c in enumerate(seeds)
+            f"det{k}": rollout(exp, "test", [c], fc / f"det{k}.zarr") for k, c in enumerate(trained)
         }
         variants = {
             "step": (seeds, member_args(len(seeds), step)),
@@ -223,17 +262,18 @@ def main() -> None:
         for key, (ckpts, extra) in variants.items():
             store = rollout(exp, "test", ckpts, fc / f"{key}.zarr", *extra)
             records = evaluate(exp, store, fc / f"scores-{key}", dets)
-            exp_out[key] = summarise(records, exp, len(seeds))
+            exp_out[key] = summarise(records, exp, len(trained), det)
             for png in ("scores.png", "rank_histogram.png") if key == "step" else ():
                 shutil.copy(fc / f"scores-{key}" / png, plots / f"{name}-{key}-{png}")
         results["experiments"][name] = {
             "seeds": args.seeds,
+            "chosen_seeds": chosen,
             "validation_spread_skill": {str(s): round(r, 3) for s, r in found.items()},
             "step_noise": step,
             "variants": exp_out,
             "seconds": round(time.perf_counter() - started),
         }
-        print(f"\n{name} (step noise {step}): ensemble mean vs deterministic, longest lead")
+        print(f"\n{name} (seeds {chosen}, step noise {step}): ensemble mean vs det (seed {det})")
         head = f"{'variant':>12} {'var':>6} {'det':>9} {'best':>9} {'mean':>9} {'wins':>6}"
         print(head + f" {'wins*':>6} {'ss':>5} {'crps_f':>9}")
         for key, per in exp_out.items():

@@ -28,15 +28,23 @@ def plot_scores(scores: Scores, path: Path) -> None:
         len(rows), len(channels), figsize=(4.2 * len(channels), 3.2 * len(rows)), squeeze=False
     )
     styles = {"persistence": ("0.45", "--", "s"), "climatology": ("0.2", ":", "^")}
+    names = [str(n) for n in table["forecast"].values]
+    others = [n for n in names[1:] if n not in styles]
+    # the forecast under test (the first) in black and thick; others in as many hues as needed
+    hues = plt.get_cmap("tab10" if len(others) <= 10 else "tab20").colors
+    colors = {names[0]: "k", **{n: hues[k % len(hues)] for k, n in enumerate(others)}}
     for j, ch in enumerate(channels):
         for i, m in enumerate(rows):
             ax = axes[i][j]
-            for name in [str(n) for n in table["forecast"].values]:
+            for name in names:
                 y = table.sel(forecast=name, metric=m, variable=ch).values
                 if not np.isfinite(y).any():
                     continue
-                color, ls, marker = styles.get(name, (None, "-", "o"))
-                (line,) = ax.plot(x, y, ls=ls, marker=marker, ms=3, color=color, label=name)
+                color, ls, marker = styles[name] if name in styles else (colors[name], "-", "o")
+                width = 2.2 if name == names[0] else 1.2
+                (line,) = ax.plot(
+                    x, y, ls=ls, marker=marker, ms=3, lw=width, color=color, label=name
+                )
                 if m == "rmse" and "spread" in table["metric"].values:  # an ensemble's spread
                     sp = table.sel(forecast=name, metric="spread", variable=ch).values
                     if np.isfinite(sp).any():
@@ -51,8 +59,11 @@ def plot_scores(scores: Scores, path: Path) -> None:
             if i == len(rows) - 1:
                 unit = table["lead"].attrs.get("units", "time units")
                 ax.set_xlabel("lead time [h]" if scores.lead_is_time else f"lead ({unit})")
-            if ax.get_legend_handles_labels()[0]:
+            handles = ax.get_legend_handles_labels()[0]
+            if handles and len(handles) <= 6:
                 ax.legend(fontsize=8)
+            elif handles:  # many forecasts: one legend beside the panel, off the lines
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"scores against {Path(scores.truth).name}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
