@@ -28,6 +28,7 @@ from minconv_cli.simulate import (
     write_dataset,
 )
 from minconv_cli.simulate.cli import app
+from minconv_cli.simulate.dataset import stored_bits, to_dataset
 from minconv_cli.simulate.solver import cell_centres
 
 
@@ -190,6 +191,21 @@ def test_files_round_trip_and_record_their_own_configuration(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sim.nc", "sim.zarr"]
 
 
+def test_fewer_stored_bits_round_to_nearest_and_are_recorded(tmp_path):
+    full = simulate_navier_stokes(**TINY, seed=2, splits=(2, 1, 1))
+    config = SimulationConfig(**TINY, seed=2, splits=(2, 1, 1), keep_bits=10)
+    rounded = to_dataset(full["vorticity"].values, config, "x.nc")
+    w, r = full["vorticity"].values, rounded["vorticity"].values
+    assert np.abs(r - w).max() > 0 and np.all(np.abs(r - w) <= 2.0**-11 * np.abs(w))
+    low = r.view(np.uint32) & np.uint32((1 << 13) - 1)  # the 23 - 10 dropped mantissa bits
+    assert not low.any()
+    back = xr.load_dataset(write_dataset(rounded, tmp_path / "r.nc"))
+    assert SimulationConfig.from_attrs(back.attrs) == config
+    assert "--keep-bits 10" in back.attrs["command"]
+    older = {k: v for k, v in back.attrs.items() if k != "sim_keep_bits"}  # before the option
+    assert SimulationConfig.from_attrs(older).keep_bits == 23
+
+
 def test_bad_settings_are_one_line_errors():
     runner = CliRunner()
     cases = [
@@ -197,6 +213,7 @@ def test_bad_settings_are_one_line_errors():
         (["--trajectories", "5", "--splits", "1,1,1"], "--splits"),
         (["--resolution", "16", "--coarsen", "3"], "--coarsen"),
         (["--solver-dt", "0.3"], "--solver-dt"),
+        (["--keep-bits", "0"], "--keep-bits"),
     ]
     for args, option in cases:
         result = runner.invoke(app, [*args, "--out", "x.nc"])
@@ -267,5 +284,5 @@ def test_the_bundled_sample_regenerates_bit_for_bit(sample):
     config = SimulationConfig.from_attrs(sample.attrs)
     last = config.n_blocks - 1
     members = list(config.block_trajectories(last))
-    regenerated = simulate_block(config, last)
+    regenerated = stored_bits(simulate_block(config, last), config.keep_bits)
     assert np.array_equal(regenerated, sample["vorticity"].values[members])

@@ -53,6 +53,9 @@ def simulate(
     block_size: int = typer.Option(
         4, help="Trajectories integrated together (part of what fixes the bits)."
     ),
+    keep_bits: int = typer.Option(
+        23, help="float32 mantissa bits to store (23: all; 10 keeps 3 digits and halves the file)."
+    ),
     workers: int = typer.Option(1, help="Parallel processes (one thread each; same bits)."),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -75,6 +78,7 @@ def simulate(
         seed=seed,
         block_size=block_size,
         splits=parse_splits(splits),
+        keep_bits=keep_bits,
     )
     check_writable(out, overwrite)
     with Progress(

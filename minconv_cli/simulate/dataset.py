@@ -26,6 +26,7 @@ from minconv_cli.simulate.grf import gaussian_random_field, grf_sigma, white_noi
 from minconv_cli.simulate.solver import NavierStokes2D, kolmogorov_forcing
 
 SPLIT_NAMES = ("train", "val", "test")
+ADDED_LATER = ("keep_bits",)  # SimulationConfig fields older files do not record
 SOLVER = (
     "minconv pseudo-spectral vorticity solver (torch.fft, float64): stream function from a Poisson "
     "solve, 2/3-rule dealiased advection, Spalart-Moser-Rogers RK3 (advection) / Crank-Nicolson "
@@ -50,6 +51,7 @@ class SimulationConfig:
     seed: int = 0
     block_size: int = 4
     splits: tuple[int, int, int] | None = None  # (train, val, test); None: 75 / 10 / 15 %
+    keep_bits: int = 23  # float32 mantissa bits stored (23: all; fewer compress better)
 
     def __post_init__(self) -> None:
         _check(self.trajectories >= 1, "--trajectories", "must be >= 1")
@@ -57,6 +59,7 @@ class SimulationConfig:
             self.resolution >= 4 and self.resolution % 2 == 0, "--resolution", "must be even, >= 4"
         )
         _check(self.coarsen >= 1, "--coarsen", "must be >= 1")
+        _check(1 <= self.keep_bits <= 23, "--keep-bits", "must be in 1..23 (float32 mantissa)")
         _check(
             self.resolution % self.coarsen == 0,
             "--coarsen",
@@ -131,6 +134,7 @@ class SimulationConfig:
             "--tau", repr(self.grf_tau),
             "--seed", str(self.seed),
             "--block-size", str(self.block_size),
+            *(["--keep-bits", str(self.keep_bits)] if self.keep_bits < 23 else []),
             "--out", out,
         ]  # fmt: skip
         return shlex.join(args)
@@ -150,6 +154,8 @@ class SimulationConfig:
         kwargs = {}
         for f in fields(cls):
             key = f"sim_{f.name}"
+            if key not in attrs and f.name in ADDED_LATER:
+                continue  # files from before the field: its default is what they were made with
             if key not in attrs:
                 raise MinconvError(
                     f"attribute {key}: missing, the file was not written by minconv simulate"
@@ -288,8 +294,21 @@ def simulate_config(
     return to_dataset(np.concatenate(parts), config, out)
 
 
+def stored_bits(vorticity: np.ndarray, keep_bits: int) -> np.ndarray:
+    """float32 values rounded to `keep_bits` mantissa bits (numcodecs BitRound, round to
+    nearest): relative error <= 2^-(keep_bits+1), and the zeroed low bits compress."""
+    vorticity = np.asarray(vorticity, dtype=np.float32)
+    if keep_bits >= 23:
+        return vorticity
+    from numcodecs import BitRound
+
+    return BitRound(keepbits=keep_bits).encode(vorticity).view(np.float32)
+
+
 def to_dataset(vorticity: np.ndarray, config: SimulationConfig, out: str) -> xr.Dataset:
-    """Wrap simulated vorticity (trajectory, time, y, x) with coordinates and provenance."""
+    """Wrap simulated vorticity (trajectory, time, y, x), rounded to `config.keep_bits`, with
+    coordinates and provenance."""
+    vorticity = stored_bits(vorticity, config.keep_bits)
     n_out = config.stored_resolution
     centres = (np.arange(n_out) + 0.5) / n_out
     split = np.repeat(np.asarray(SPLIT_NAMES), config.split_counts())
@@ -315,6 +334,12 @@ def to_dataset(vorticity: np.ndarray, config: SimulationConfig, out: str) -> xr.
         "determinism": (
             f"blocks of {config.block_size} trajectories, one thread each; bit-for-bit on the same "
             "platform"
+        ),
+        "stored_precision": (
+            "float32"
+            if config.keep_bits >= 23
+            else f"float32 rounded to {config.keep_bits} mantissa bits (numcodecs BitRound; "
+            f"relative error <= 2^-{config.keep_bits + 1})"
         ),
         "torch_version": torch.__version__,
         "minconv_version": __version__,
