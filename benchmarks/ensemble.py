@@ -95,13 +95,15 @@ def rollout(exp: dict, period: str, ckpts: list[Path], out: Path, *extra: object
     return out
 
 
-def evaluate(exp: dict, store: Path, out: Path, compare: dict[str, Path]) -> list[dict]:
+def evaluate(
+    exp: dict, store: Path, out: Path, compare: dict[str, Path], name: str = "ens"
+) -> list[dict]:
     pairs = [w for name, path in compare.items() for w in ("--compare", f"{name}={path}")]
     minconv("evaluate", store, *exp["data"], *pairs, *exp["evaluate"], "--out", out, "--overwrite")
     records = json.loads((out / "scores.json").read_text())
-    for r in records:  # the forecast under test is named after its store: call it "ens"
+    for r in records:  # the forecast under test is named after its store: call it `name`
         if r["forecast"] == store.stem:
-            r["forecast"] = "ens"
+            r["forecast"] = name
     return records
 
 
@@ -180,8 +182,7 @@ def select_seeds(exp: dict, name: str, seeds: list[Path], fc: Path, keep: int) -
         f"det{k}": rollout(exp, "val", [c], fc / f"val-det{k}.zarr") for k, c in enumerate(seeds)
     }
     first = stores.pop("det0")
-    t = table(evaluate(exp, first, fc / "val-dets-scores", stores), exp["lead"])
-    t = {(("det0" if f == "ens" else f), m, v): by for (f, m, v), by in t.items()}
+    t = table(evaluate(exp, first, fc / "val-dets-scores", stores, name="det0"), exp["lead"])
     variables = sorted({v for (_, m, v) in t if m == "rmse"})
     last = {v: [t[(f"det{k}", "rmse", v)] for k in range(len(seeds))] for v in variables}
     last = {v: [by[max(by)] for by in rows] for v, rows in last.items()}

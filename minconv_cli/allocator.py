@@ -2,7 +2,7 @@
 
 By default glibc serves blocks over a few MB with mmap and returns them on free, so every
 training step page-faults its activations back in: 153k faults (600 MB zeroed by the kernel) per
-step of MinConvLSTM at 64x64, against 6k with the settings here (benchmarks/train_step.py).
+step of MinConvLSTM at 64x64, against 20k with the settings here (benchmarks/allocator.py).
 PyTorch's CPU tuning guide gets the same from jemalloc/tcmalloc via LD_PRELOAD; this needs nothing
 installed.
 """
