@@ -15,9 +15,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from fresh_process import run_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = Path(__file__).parent / "results" / "allocator.json"
@@ -57,11 +57,7 @@ def run_child(model: str, grid: int, batch: int, chunk: int, keep: bool, args) -
         steps=args.steps,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env["OMP_NUM_THREADS"] = str(args.threads)
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(code, args.threads, env)
 
 
 def main() -> None:

@@ -16,11 +16,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tarfile
 import tempfile
 from io import BytesIO
 from pathlib import Path
+
+from fresh_process import run_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = Path(__file__).parent / "results" / "compare_commits.json"
@@ -67,11 +68,7 @@ def step_ms(tree: Path, model: str, grid: str, precision: str, args) -> dict:
         batch=batch,
         steps=args.steps,
     )
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(code, args.threads, {**os.environ, "PYTHONPATH": str(tree)})
 
 
 def main() -> None:
