@@ -335,6 +335,38 @@ def test_two_process_ddp_on_cpu_writes_a_loadable_checkpoint(traj, tmp_path):
     assert not any(k.startswith("module.") for k in loaded.raw["state_dict"])
 
 
+THREADS_AFTER_TRAIN = """
+import json, os, sys
+from minconv_cli.cli import app
+
+app(sys.argv[2:], standalone_mode=False)
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(os.path.join(sys.argv[1], f"threads-{os.environ['RANK']}.json"), "w") as f:
+    json.dump(names, f)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_ddp_train_leaves_no_gloo_threads_to_abort_at_exit(traj, tmp_path):
+    """A gloo worker still alive at interpreter exit can abort the process (SIGABRT) while it
+    drops its last collective; train must stop them before returning."""
+    script = tmp_path / "train_then_list_threads.py"
+    script.write_text(THREADS_AFTER_TRAIN)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = ["train", str(traj), *TINY, "--device", "cpu", "--out", str(tmp_path / "ddp"), "-q"]
+    proc = subprocess.run(
+        [*torchrun, str(script), str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        names = json.loads((tmp_path / f"threads-{rank}.json").read_text())
+        assert not [n for n in names if "gloo" in n], names
+
+
 def test_bad_data_never_costs_an_existing_run_or_leaves_a_directory(traj, tmp_path):
     out = tmp_path / "run"
     assert invoke(traj, *TINY, "--epochs", 1, "--out", out, "--quiet").exit_code == 0

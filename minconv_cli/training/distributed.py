@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -56,13 +58,22 @@ def setup(preference: str) -> tuple[Dist, torch.device]:
     if info.enabled and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        # Imported after the group exists, torch._dynamo (which DDP imports) keeps the group
+        # alive past destroy_process_group, so its worker threads outlive teardown.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return info, device
 
 
 def teardown(info: Dist) -> None:
-    """Leave the process group (if this process joined one)."""
+    """Leave the process group (if this process joined one) and stop its worker threads.
+
+    Gloo's workers drop their last finished collective after the caller has moved on; one still
+    alive at interpreter exit aborts the process ("terminate called without an active
+    exception"). With the DDP model collected first, destroying the group joins them while
+    Python still runs."""
     if info.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

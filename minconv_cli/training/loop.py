@@ -556,18 +556,23 @@ def train_model(
     try:
         if on_setup is not None:
             on_setup(info)
-        run = _Run(config, Path(out), resume, overwrite, reporter, info, device, started)
-        if info.is_main:
-            run.run_dir.write_config(config.to_yaml())
-        try:
-            with _stop_on_signals() as flag:
-                status = run.run(flag)
-        finally:
-            if run.reporter:
-                run.reporter.end()
-        summary = run.summary(status)
-        if info.is_main:
-            run.run_dir.write_summary(summary)
-        return TrainResult(status=status, summary=summary, run_dir=run.run_dir.path)
+        return _train(_Run(config, Path(out), resume, overwrite, reporter, info, device, started))
     finally:
         distributed.teardown(info)
+
+
+def _train(run: _Run) -> TrainResult:
+    """Run `run` to its end and write its summary. The run (and with it the DDP model) is dropped
+    when this returns, so that teardown can take the process group down."""
+    if run.info.is_main:
+        run.run_dir.write_config(run.config.to_yaml())
+    try:
+        with _stop_on_signals() as flag:
+            status = run.run(flag)
+    finally:
+        if run.reporter:
+            run.reporter.end()
+    summary = run.summary(status)
+    if run.info.is_main:
+        run.run_dir.write_summary(summary)
+    return TrainResult(status=status, summary=summary, run_dir=run.run_dir.path)
