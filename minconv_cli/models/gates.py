@@ -128,6 +128,5 @@ class _GatedRecurrence(torch.autograd.Function):
         grad_h0 = keep[0] * grad[0] if ctx.has_h0 else None
         gz = grad.mul_(z)
         grad_s = step.mul_(gz).mul_(keep)
-        slope = sp.mul_(1 - sp).masked_fill_(p >= 0, 1.0)
-        grad_p = slope.mul_(gz)
+        grad_p = torch.where(p >= 0, gz, sp.addcmul_(sp, sp, value=-1).mul_(gz))
         return grad_s, grad_p, grad_h0
