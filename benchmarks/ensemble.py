@@ -16,7 +16,8 @@ model.pt. Then
    forecast as `--compare`; print a table and write
    benchmarks/results/ensemble.json (plots under benchmarks/results/ensemble/).
 
-Ensembles: `step` (K checkpoints x 3 members, step noise S: the proposed one), `seeds` (the K
+Ensembles: `step` (K checkpoints x 3 members, step noise S: the proposed one), `recentred` (the
+same with `--recentre`, its own S from the same calibration), `seeds` (the K
 controls only: model averaging alone), `single-step` (det's seed alone, 11 members, step noise
 S), `ic0.3` (det's seed alone, 10 members, context perturbation 0.3: the first method), and with --crps
 `crps-ic0.1` (the CRPS-trained model, 10 members, context perturbation 0.1 as in its training).
@@ -164,15 +165,25 @@ def summarise(records: list[dict], exp: dict, seeds: int, det: int = 0) -> dict:
     return out
 
 
-def calibrate(exp: dict, name: str, seeds: list[Path], fc: Path, grid: list[float]) -> dict:
+def calibrate(
+    exp: dict, name: str, seeds: list[Path], fc: Path, grid: list[float], *extra: object
+) -> dict:
     """Spread/skill at the longest lead on the validation period for each step-noise size."""
-    found = {}
+    found, tag = {}, "".join(str(e).strip("-") for e in extra)
     for s in grid:
-        store = rollout(exp, "val", seeds, fc / f"val-s{s}.zarr", *member_args(len(seeds), s))
-        records = evaluate(exp, store, fc / f"val-s{s}-scores", {})
+        args = [*member_args(len(seeds), s), *extra]
+        store = rollout(exp, "val", seeds, fc / f"val-s{s}{tag}.zarr", *args)
+        records = evaluate(exp, store, fc / f"val-s{s}{tag}-scores", {})
         found[s] = spread_skill_last(records, exp["lead"])
-        print(f"{name}: step noise {s}: validation spread/skill at the longest lead {found[s]:.3f}")
+        print(
+            f"{name}: step noise {s} {tag}: validation spread/skill at the longest lead {found[s]:.3f}"
+        )
     return found
+
+
+def closest_to_one(found: dict) -> float:
+    """The step-noise size whose validation spread/skill is closest to 1 (in ratio)."""
+    return min(found, key=lambda s: abs(math.log(found[s])))
 
 
 def select_seeds(exp: dict, name: str, seeds: list[Path], fc: Path, keep: int) -> list[int]:
@@ -239,14 +250,17 @@ def main() -> None:
         if args.step_noise is None:
             grid = [float(s) for s in args.noise_grid.split(",")]
             found = calibrate(exp, name, seeds, fc, grid)
-            step = min(found, key=lambda s: abs(math.log(found[s])))
+            found_rc = calibrate(exp, name, seeds, fc, grid, "--recentre")
+            step, step_rc = closest_to_one(found), closest_to_one(found_rc)
         else:
-            found, step = {}, args.step_noise
+            found, found_rc, step = {}, {}, args.step_noise
+            step_rc = step
         dets = {
             f"det{k}": rollout(exp, "test", [c], fc / f"det{k}.zarr") for k, c in enumerate(trained)
         }
         variants = {
             "step": (seeds, member_args(len(seeds), step)),
+            "recentred": (seeds, [*member_args(len(seeds), step_rc), "--recentre"]),
             "seeds": (seeds, []),
             "single-step": (
                 seeds[:1],
@@ -264,13 +278,15 @@ def main() -> None:
             store = rollout(exp, "test", ckpts, fc / f"{key}.zarr", *extra)
             records = evaluate(exp, store, fc / f"scores-{key}", dets)
             exp_out[key] = summarise(records, exp, len(trained), det)
-            for png in ("scores.png", "rank_histogram.png") if key == "step" else ():
+            for png in ("scores.png", "rank_histogram.png") if key in ("step", "recentred") else ():
                 shutil.copy(fc / f"scores-{key}" / png, plots / f"{name}-{key}-{png}")
         results["experiments"][name] = {
             "seeds": args.seeds,
             "chosen_seeds": chosen,
             "validation_spread_skill": {str(s): round(r, 3) for s, r in found.items()},
+            "validation_spread_skill_recentred": {str(s): round(r, 3) for s, r in found_rc.items()},
             "step_noise": step,
+            "step_noise_recentred": step_rc,
             "variants": exp_out,
             "seconds": round(time.perf_counter() - started),
         }
@@ -291,10 +307,9 @@ def main() -> None:
         for name, exp_out in results["experiments"].items():
             kept = old.get(name, {}).get("variants", {})
             exp_out["variants"] = {**kept, **exp_out["variants"]}
-            if not exp_out["validation_spread_skill"]:
-                exp_out["validation_spread_skill"] = old.get(name, {}).get(
-                    "validation_spread_skill", {}
-                )
+            for key in ("validation_spread_skill", "validation_spread_skill_recentred"):
+                if not exp_out[key]:
+                    exp_out[key] = old.get(name, {}).get(key, {})
         results["experiments"] = {**old, **results["experiments"]}
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")

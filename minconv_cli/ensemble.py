@@ -33,7 +33,9 @@ class EnsembleSpec:
     checkpoint m*K // members); the first member of each block is that checkpoint's unperturbed
     control, every other member has Gaussian noise of `perturbation` x the training std per
     channel added to each context frame, smoothed over `smoothing` grid cells if > 0, and, with
-    `step_noise` > 0, a model-error term at every lead (see `step_noise_draws`).
+    `step_noise` > 0, a model-error term at every lead (see `step_noise_draws`). With `recentre`,
+    each block's perturbed members are shifted at every lead so that their mean is the control
+    (see `recentre_matrix`).
     """
 
     members: int
@@ -42,6 +44,7 @@ class EnsembleSpec:
     smoothing: float = 0.0
     seed: int = 0
     step_noise: float = 0.0
+    recentre: bool = False
 
     def __post_init__(self) -> None:
         if self.members < 1:
@@ -57,6 +60,17 @@ class EnsembleSpec:
             raise MinconvError(f"--perturbation-smoothing: must be 0 or more, got {self.smoothing}")
         if not (self.step_noise >= 0 and np.isfinite(self.step_noise)):
             raise MinconvError(f"--step-noise: must be 0 or more, got {self.step_noise}")
+        if self.recentre:
+            if self.perturbation == 0 and self.step_noise == 0:
+                raise MinconvError(
+                    "--recentre: needs perturbed members (--perturbation or --step-noise)"
+                )
+            if self.members // self.checkpoints < 3:
+                raise MinconvError(
+                    f"--recentre: needs at least 2 perturbed members beside each checkpoint's control, "
+                    f"but {self.members} members over {self.checkpoints} checkpoint(s) leave "
+                    f"{self.members // self.checkpoints - 1}"
+                )
 
     def checkpoint_of(self, member: int) -> int:
         """Index of the checkpoint that runs `member`."""
@@ -82,6 +96,8 @@ class EnsembleSpec:
         }
         if self.step_noise:  # stores made before the option keep matching their settings
             out["step_noise"] = self.step_noise
+        if self.recentre:
+            out["recentre"] = True
         return out
 
 
@@ -140,6 +156,33 @@ def step_noise_draws(
         index[b] = rng.integers(0, pool, size=steps)
         factor[b] = spec.step_noise * (1.0 if offset % 2 == 0 else -1.0)
     return index, factor
+
+
+def recentre_matrix(
+    spec: EnsembleSpec, members: Sequence[int], blocks: Sequence[Hashable]
+) -> np.ndarray:
+    """The (B, B) matrix R with which `R @ rows` recentres a batch: every perturbed row r of a
+    block becomes r - mean(the block's perturbed rows) + its control, the others stay as they are.
+
+    `members[b]` is row b's member and `blocks[b]` names its block (init time, sample and
+    checkpoint); a batch holds whole blocks. The block's mean is then exactly its control, so the
+    ensemble mean is the mean of the checkpoints' controls while the members keep the spread of
+    their perturbations (the recentring of ensemble data assimilation, done at every lead).
+    """
+    n = len(members)
+    mix = np.eye(n, dtype=np.float64)
+    rows: dict[Hashable, list[int]] = {}
+    for b, key in enumerate(blocks):
+        rows.setdefault(key, []).append(b)
+    for key, block in rows.items():
+        controls = [b for b in block if spec.is_control(members[b])]
+        perturbed = [b for b in block if not spec.is_control(members[b])]
+        if len(controls) != 1 or len(perturbed) < 2:
+            raise ValueError(f"recentring: block {key} is not whole in this batch")
+        for r in perturbed:
+            mix[r, perturbed] -= 1.0 / len(perturbed)
+            mix[r, controls[0]] += 1.0
+    return mix.astype(np.float32)
 
 
 def _smooth(z: np.ndarray, sigma: float) -> np.ndarray:

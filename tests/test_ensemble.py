@@ -148,6 +148,55 @@ def test_step_noise_adds_the_models_own_one_step_errors_in_antithetic_pairs(setu
         assert min(gaps) < 1e-4 * np.abs(residuals).max(), gaps
 
 
+def test_recentring_moves_each_blocks_perturbed_members_so_their_mean_is_the_control():
+    from minconv_cli.ensemble import EnsembleSpec, recentre_matrix
+
+    spec = EnsembleSpec(members=7, checkpoints=2, perturbation=0, step_noise=1, recentre=True)
+    members = [0, 1, 2, 3, 4, 5, 6]  # blocks: 0-3 (control 0), 4-6 (control 4)
+    blocks = [("t0", 0)] * 4 + [("t0", 1)] * 3
+    rows = np.random.default_rng(0).normal(size=(7, 5))
+    out = recentre_matrix(spec, members, blocks).astype(np.float64) @ rows
+    np.testing.assert_allclose(out[[0, 4]], rows[[0, 4]])  # controls stay
+    np.testing.assert_allclose(out[0:4].mean(0), out[0], atol=1e-6)
+    np.testing.assert_allclose(out[4:7].mean(0), out[4], atol=1e-6)
+    # the members keep their differences from each other: only their common shift goes
+    np.testing.assert_allclose(out[1] - out[2], rows[1] - rows[2], atol=1e-6)
+    with pytest.raises(ValueError, match="not whole"):
+        recentre_matrix(spec, members[:6], blocks[:6])
+
+
+def test_recentred_step_noise_keeps_the_ensemble_mean_on_the_controls_at_every_lead(setup):
+    tmp, data = setup
+    args = ("--members", 6, "--perturbation", 0, "--step-noise", 1, "--precision", "fp32")
+    args += ("--context", 6, "--batch-size", 2)  # smaller than a block: batches hold whole blocks
+    free = rollout(tmp, data, tmp / "a.pt", tmp / "b.pt", *args, "free.zarr")
+    ens = rollout(tmp, data, tmp / "a.pt", tmp / "b.pt", *args, "--recentre", "ens.zarr")
+    for k, ckpt in enumerate(("a", "b")):
+        det = rollout(
+            tmp, data, tmp / f"{ckpt}.pt", "--precision", "fp32", "--context", 6, f"{ckpt}.zarr"
+        )
+        block = ens.z.isel(number=slice(3 * k, 3 * k + 3)).values
+        control = det.z.values
+        np.testing.assert_allclose(block[:, 0], control, rtol=SAME_RUN)
+        np.testing.assert_allclose(block.mean(1), control, rtol=SAME_RUN, atol=1e-3)
+        assert np.abs(block[:, 1] - control).min(axis=(-2, -1)).max() > 0  # spread is kept
+        # without recentring the pair drifts off its control beyond lead 1 (second order)
+        pair = free.z.isel(number=slice(3 * k + 1, 3 * k + 3)).values.mean(1)
+        assert np.abs(pair[:, 1:] - control[:, 1:]).max() > 1e-2
+    assert json.loads(ens.attrs["ensemble"])["recentre"] is True
+    # a half-written block is redone whole on --resume, to the same store
+    group = zarr.open_group(str(tmp / "ens.zarr"), mode="r+")
+    group["minconv_done"][1, 4] = False
+    group["z"][1, 4] = np.nan
+    more = ("--steps", 3, "--init-times", "2000-01-06,2000-01-08", "--out", tmp / "ens.zarr")
+    result = invoke(
+        tmp / "a.pt", tmp / "b.pt", data, *more, *args, "--recentre", "--resume", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["written"] == 3
+    np.testing.assert_allclose(xr.open_zarr(tmp / "ens.zarr").z.values, ens.z.values, rtol=SAME_RUN)
+
+
 def test_bad_ensemble_requests_are_one_line(setup):
     tmp, data = setup
     other = tmp / "other.nc"
@@ -173,6 +222,15 @@ def test_bad_ensemble_requests_are_one_line(setup):
     )
     assert "--step-noise: needs an ensemble" in one_error_line(
         invoke(tmp / "a.pt", data, *base, "--step-noise", 1)
+    )
+    assert "--recentre: needs an ensemble" in one_error_line(
+        invoke(tmp / "a.pt", data, *base, "--recentre")
+    )
+    assert "--recentre: needs perturbed members" in one_error_line(
+        invoke(tmp / "a.pt", data, *base, "--members", 3, "--perturbation", 0, "--recentre")
+    )
+    assert "--recentre: needs at least 2 perturbed members" in one_error_line(
+        invoke(tmp / "a.pt", tmp / "b.pt", data, *base, "--members", 5, "--recentre")
     )
     assert "needs --context of at least 2, got 1" in one_error_line(
         invoke(tmp / "a.pt", data, *base, "--members", 2, "--step-noise", 1, "--context", 1)

@@ -83,6 +83,12 @@ def rollout(
         "errors on the forecast's context frames (drawn at random; members in +- pairs; the "
         "controls get none). 0: off, 1: the model's own error size.",
     ),
+    recentre: bool = typer.Option(
+        False,
+        "--recentre",
+        help="At every lead, shift each checkpoint's perturbed members so that their mean is its "
+        "control: the ensemble mean is the controls' mean, the spread that of the perturbations.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the ensemble perturbations."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -115,6 +121,7 @@ def rollout(
             perturbation_smoothing,
         ]
         words += ["--step-noise", step_noise] if step_noise else []
+        words += ["--recentre"] if recentre else []
         words += ["--seed", seed]
     words += [f"--{mode}"] if mode != "create" else []
     command = shlex.join(map(str, words))  # the effective request, however it was invoked
@@ -139,6 +146,7 @@ def rollout(
             perturbation_smoothing=perturbation_smoothing,
             seed=seed,
             step_noise=step_noise,
+            recentre=recentre,
         )
     if json_out:
         print_json(result.to_dict())

@@ -18,6 +18,7 @@ def forecast(
     device: Any = "cpu",
     precision: str = "fp32",
     noise: tuple[np.ndarray, np.ndarray] | None = None,
+    mix: np.ndarray | None = None,
 ) -> np.ndarray:
     """Leads 1..steps in physical units (B, steps, C, H, W) from context frames (B, K, C, H, W).
 
@@ -27,6 +28,8 @@ def forecast(
     `noise` = (index (B, steps), factor (B,)) from `ensemble.step_noise_draws`: every lead gets
     factor x one of the row's own one-step residuals on the second half of its context (teacher
     forced, normalised units), the model's error made on this very forecast's frames.
+    `mix` (B, B) from `ensemble.recentre_matrix`, if given, recentres every lead's rows (after the
+    noise, before they are fed back).
     """
     import torch
 
@@ -53,11 +56,28 @@ def forecast(
             index = torch.from_numpy(noise[0]).to(device)
             factor = torch.from_numpy(noise[1]).to(device)[:, None, None, None]
             error = pool[rows, index] * factor[:, None]  # (B, steps, C, H, W)
-        pred = leads[:, 0] = y[:, -1] if error is None else y[:, -1] + error[:, 0]
+        recentre = None if mix is None else _recentring(mix, device)
+        pred = y[:, -1] if error is None else y[:, -1] + error[:, 0]
+        pred = leads[:, 0] = pred if recentre is None else recentre(pred)
         for i in range(1, steps):
             pred, state = model.step(pred, state, static=st)
             if error is not None:
                 pred = pred + error[:, i]
+            if recentre is not None:
+                pred = recentre(pred)
             leads[:, i] = pred
         out = normalizer.denormalize(leads)
         return out.float().cpu().numpy()
+
+
+def _recentring(mix: np.ndarray, device: Any) -> Any:
+    """`rows -> mix @ rows` over the batch dim, in fp32 whatever the autocast around it."""
+    import torch
+
+    m = torch.from_numpy(mix).to(device)
+
+    def apply(rows: Any) -> Any:
+        with torch.autocast(m.device.type, enabled=False):
+            return torch.einsum("rb,b...->r...", m, rows.float())
+
+    return apply

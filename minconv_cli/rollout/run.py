@@ -120,6 +120,7 @@ def rollout(
     perturbation_smoothing: float = 0.0,
     seed: int = 0,
     step_noise: float = 0.0,
+    recentre: bool = False,
 ) -> RolloutResult:
     """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
 
@@ -140,7 +141,7 @@ def rollout(
     paths = [local_path(c, "CHECKPOINT") for c in names]
     out, data = local_path(out, "--out"), [as_source(p) for p in data]
     spec = _ensemble_spec(
-        len(paths), members, perturbation, perturbation_smoothing, seed, step_noise
+        len(paths), members, perturbation, perturbation_smoothing, seed, step_noise, recentre
     )
     _check_request(steps, batch_size, zarr_format, mode, out, data)
     dev = resolve_device(device)
@@ -197,7 +198,32 @@ def _open_store(
             ((i, s, (pos[0], m, *pos[1:])) for i, s, pos in todo for m in range(spec.members)),
             key=lambda seq: seq[2],
         )
+    if spec is not None and spec.recentre:  # a block is recentred on its control: redo it whole
+        open_blocks = {_block(spec, seq) for seq in todo if not done[seq[2]]}
+        return target, todo, [seq for seq in todo if _block(spec, seq) in open_blocks]
     return target, todo, [seq for seq in todo if not done[seq[2]]]
+
+
+def _block(spec: Any, seq: tuple) -> tuple:
+    """The ensemble block of a sequence (init, sample, store position): init, sample, checkpoint."""
+    i, s, pos = seq
+    return (i, s, spec.checkpoint_of(pos[1]))
+
+
+def _batches(spec: Any, seqs: list, batch_size: int) -> list[list]:
+    """`seqs` cut into batches of `batch_size`; with recentring, of whole blocks (at least one)."""
+    if spec is None or not spec.recentre:
+        return [seqs[start : start + batch_size] for start in range(0, len(seqs), batch_size)]
+    blocks: dict[tuple, list] = {}
+    for seq in seqs:
+        blocks.setdefault(_block(spec, seq), []).append(seq)
+    out: list[list] = []
+    for block in blocks.values():
+        if out and len(out[-1]) + len(block) <= batch_size:
+            out[-1].extend(block)
+        else:
+            out.append(list(block))
+    return out
 
 
 def _ensemble_spec(
@@ -207,6 +233,7 @@ def _ensemble_spec(
     perturbation_smoothing: float,
     seed: int,
     step_noise: float,
+    recentre: bool = False,
 ) -> Any:
     """The `EnsembleSpec` of an ensemble (`members`, or several checkpoints), else None."""
     from minconv_cli.ensemble import EnsembleSpec
@@ -219,7 +246,10 @@ def _ensemble_spec(
             perturbation_smoothing,
             seed,
             step_noise,
+            recentre,
         )
+    if recentre:
+        raise MinconvError("--recentre: needs an ensemble (--members, or several checkpoints)")
     if step_noise:
         raise MinconvError("--step-noise: needs an ensemble (--members, or several checkpoints)")
     return None
@@ -338,7 +368,12 @@ class _Run:
     total: int
 
     def forecast(self, loads: list[LoadedCheckpoint], pending: list) -> None:
-        from minconv_cli.ensemble import perturb, residual_count, step_noise_draws
+        from minconv_cli.ensemble import (
+            perturb,
+            recentre_matrix,
+            residual_count,
+            step_noise_draws,
+        )
 
         job, spec, writer, batch_size = self.job, self.spec, self.writer, self.batch_size
         dev, precision, clock, progress = self.dev, self.precision, self.clock, self.progress
@@ -349,10 +384,9 @@ class _Run:
             model = each.model.eval()
             normalizer = Normalizer.from_dict(each.meta.data.normalizer)
             mine = [seq for seq in pending if spec is None or spec.checkpoint_of(seq[2][1]) == k]
-            for start in range(0, len(mine), batch_size):
-                batch = mine[start : start + batch_size]
+            for batch in _batches(spec, mine, batch_size):
                 t0 = time.perf_counter()
-                noise = None
+                noise = mix = None
                 if spec is None:
                     frames = job.context_frames(batch)
                 else:  # members of one (init, sample) share their frames: read them once
@@ -366,8 +400,13 @@ class _Run:
                     frames = perturb(frames, normalizer.std, spec, keys)
                     if spec.step_noise:
                         noise = step_noise_draws(spec, keys, steps, residual_count(context))
+                    if spec.recentre:
+                        blocks = [_block(spec, seq) for seq in batch]
+                        mix = recentre_matrix(spec, [pos[1] for _, _, pos in batch], blocks)
                 t1 = time.perf_counter()
-                values = forecast(model, normalizer, frames, static, steps, dev, precision, noise)
+                values = forecast(
+                    model, normalizer, frames, static, steps, dev, precision, noise, mix
+                )
                 # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
                 values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
                 t2 = time.perf_counter()
