@@ -384,6 +384,17 @@ def save_checkpoint(
     atomic_torch_save(payload, path)
 
 
+def _load_failure(err: BaseException) -> str:
+    """Why torch could not load a file, without torch's advice to load it unsafely."""
+    text = str(err).strip()
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds pickled Python objects, which minconv never loads"
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first[:200] if len(first) > 3 else f"not a PyTorch file: {type(err).__name__} {first}"
+
+
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[dict, CheckpointMeta]:
     """The raw checkpoint dict and its meta, after checking it is a minconv checkpoint."""
     path = Path(path)
@@ -396,8 +407,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[dict, 
             warnings.simplefilter("ignore", UserWarning)
             raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt zip, pickled objects refused by weights_only, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MinconvError(f"{path}: not a readable minconv checkpoint ({reason[:200]})") from None
+        raise MinconvError(
+            f"{path}: not a readable minconv checkpoint ({_load_failure(err)})"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise MinconvError(f"{path}: not a minconv checkpoint")
     version = raw.get("format_version")

@@ -3,7 +3,6 @@ coarsen, rechunk and rename on the way; written to a temporary sibling and renam
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -12,10 +11,21 @@ import pandas as pd
 import xarray as xr
 
 from minconv_cli.data.dims import find_roles
+from minconv_cli.data.integrity import check_chunks, missing_chunks
 from minconv_cli.data.open import detect_format, open_dataset
 from minconv_cli.data.remote import as_source, is_url, local_path, zarr_format_of_url
-from minconv_cli.errors import MinconvError
-from minconv_cli.files import dask_progress, remove, sibling
+from minconv_cli.errors import MinconvError, one_line
+from minconv_cli.files import (
+    commit,
+    dask_progress,
+    fs_cause,
+    os_cause,
+    output_lock,
+    recover,
+    remove,
+    sibling,
+    writing,
+)
 
 Progress = Callable[[int, int], None]
 # Encoding keys that mean the same in NetCDF and Zarr; codec/chunk settings are format-specific.
@@ -79,6 +89,7 @@ def convert(
     attrs: Mapping[str, str] | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    allow_missing_chunks: bool = False,
 ) -> dict:
     """Convert one data file/store to NetCDF or Zarr and return a summary of what was written.
 
@@ -101,6 +112,7 @@ def convert(
         if dims or coords or name:
             raise MinconvError("--dims/--coords/--name: only apply to NumPy (.npy/.npz) input")
         ds, src_fmt = open_dataset(src), detect_format(src)
+        check_chunks(src, ds, [str(v) for v in ds.data_vars], allow=allow_missing_chunks)
     src_zarr_format = (
         None
         if src_fmt != "zarr"
@@ -379,35 +391,75 @@ def _write_atomically(
     overwrite: bool,
     progress: Progress | None,
 ) -> None:
-    """Write to a hidden temporary sibling, then replace `dst`; nothing is left behind on failure."""
+    """Write to a hidden temporary sibling, check it, then put it in place of `dst` (`commit`: a
+    kill at any moment leaves the old or the new `dst`); nothing is left behind on failure."""
+    with output_lock(dst):  # one writer per output
+        recover(dst)  # what a killed run left beside it
+        _write_beside(ds, dst, fmt, zarr_format, overwrite, progress)
+
+
+def _write_beside(
+    ds: xr.Dataset,
+    dst: Path,
+    fmt: str,
+    zarr_format: int,
+    overwrite: bool,
+    progress: Progress | None,
+) -> None:
     import dask
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = sibling(dst)
     try:
         if fmt == "zarr":
             job = ds.to_zarr(
-                tmp, mode="w", zarr_format=zarr_format, consolidated=zarr_format == 2, compute=False
+                tmp,
+                mode="w",
+                zarr_format=zarr_format,
+                consolidated=zarr_format == 2,
+                compute=False,
+                write_empty_chunks=True,  # every chunk stored: a missing one is damage
             )
         else:
             job = ds.to_netcdf(tmp, engine="netcdf4", compute=False)
         with dask_progress(progress):
             dask.compute(job)
-        if dst.exists():
-            if not overwrite:
-                raise MinconvError(f"{dst}: already exists (use --overwrite to replace it)")
-            remove(dst)
-        os.replace(tmp, dst)
+        _verify(tmp, dst, ds, fmt)
+        if dst.exists() and not overwrite:
+            raise MinconvError(f"{dst}: already exists (use --overwrite to replace it)")
+        with writing(dst):
+            commit(tmp, dst)
     except MinconvError:
         remove(tmp)
         raise
     except Exception as err:  # a failed read of a damaged input or a failed write
         remove(tmp)
-        raise MinconvError(
-            f"{dst}: conversion failed ({' '.join(str(err).split())[:300]})"
-        ) from None
+        cause = os_cause(err) or fs_cause(tmp)
+        if cause:
+            raise MinconvError(f"{dst}: cannot write ({cause})") from None
+        raise MinconvError(f"{dst}: conversion failed ({one_line(err)})") from None
     except BaseException:
         remove(tmp)
         raise
     finally:
         ds.close()
+
+
+def _verify(written: Path, dst: Path, ds: xr.Dataset, fmt: str) -> None:
+    """The written file opens and holds every variable at its shape (and, in Zarr, every chunk)."""
+    if not written.exists():
+        raise MinconvError(f"{dst}: the output was removed while writing")
+    try:
+        back = open_dataset(written)
+    except MinconvError as err:
+        raise MinconvError(f"{dst}: the output is unreadable after writing ({err})") from None
+    with back:
+        for v in ds.data_vars:
+            if v not in back.data_vars or back[v].shape != ds[v].shape:
+                raise MinconvError(f"{dst}: variable {v!r} is incomplete after writing")
+        if fmt == "zarr":
+            for v in ds.data_vars:
+                if missing_chunks(written, str(v)):
+                    raise MinconvError(
+                        f"{dst}: chunks of {v!r} are missing after writing (was the output "
+                        "changed or removed while writing?)"
+                    )

@@ -7,3 +7,8 @@ class MinconvError(Exception):
     The CLI prints it on stderr without a traceback and exits with code 1. Library code raises it
     (or ValueError for programming-level misuse of the Python API) instead of printing.
     """
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line (its type name when it has none), cut to `limit`."""
+    return (" ".join(str(err).split()) or type(err).__name__)[:limit]

@@ -26,10 +26,11 @@ import xarray as xr
 
 from minconv_cli.data import Fields, open_dataset, timeaxis
 from minconv_cli.data.dims import recognise_dims
+from minconv_cli.data.integrity import missing_chunks
 from minconv_cli.data.remote import as_source
 from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.errors import MinconvError
-from minconv_cli.files import atomic_path, remove, sibling, swap_in
+from minconv_cli.files import PARTIAL, atomic_path, commit, remove, sibling, writing
 
 INIT_DIM = "time"
 LEAD_DIM = "prediction_timedelta"
@@ -191,7 +192,10 @@ class StoreWriter:
     def __init__(self, path: Path, fields: Fields, members: bool = False) -> None:
         import zarr
 
-        group = zarr.open_group(str(path), mode="r+")
+        # every chunk is stored, NaN ones too: a chunk missing later is damage (`verify_store`)
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            group = zarr.open_group(str(path), mode="r+")
+        self.path = path
         # store positions are (init, [member,] *sample); the lead dim follows init [and member]
         self.lead_axis = 2 if members else 1
         self.done = group[DONE]
@@ -205,6 +209,12 @@ class StoreWriter:
 
     def write(self, items: Sequence[tuple[int, ...]], values: np.ndarray) -> None:
         """values (B, N, C, H, W) for items at store positions (init, [member,] *sample)."""
+        if not self.path.is_dir():  # zarr would recreate the chunks' folders of a removed store
+            raise MinconvError(f"{self.path}: the store was removed while writing")
+        with writing(self.path):
+            self._write(items, values)
+
+    def _write(self, items: Sequence[tuple[int, ...]], values: np.ndarray) -> None:
         runs = list(_runs(items))
         lead = self.lead_axis
         for (*fixed, last), b0, b1 in runs:
@@ -234,23 +244,55 @@ def _runs(items: Sequence[tuple[int, ...]]):
 def open_target(
     out: Path, mode: str, template: xr.Dataset, encoding: dict, settings: dict, zarr_format: int
 ) -> tuple[Path, np.ndarray]:
-    """Where to write and what is done there: the existing store when resuming (after checking
-    its settings), else a new store at `out`, or beside it when one exists (`overwrite`; `finish`
-    swaps it in once complete)."""
-    if out.exists() and mode == "resume":
-        return out, read_done(out, settings)
+    """Where to write and what is done there. `resume`: the store an interrupted `--overwrite`
+    was building beside `out` if there is one, else `out` itself (after checking its settings).
+    `overwrite` of an existing store: a new store beside it (`finish` swaps it in once complete).
+    Else a new store at `out`."""
+    partial = sibling(out, PARTIAL, unique=False)
+    if mode == "resume":
+        for existing in (partial, out):
+            if existing.exists():
+                return existing, read_done(existing, settings)
     target = out
     if out.exists():  # overwrite: build beside it, swap in when complete
-        target = sibling(out, "minconv-partial", unique=False)
+        target = partial
         remove(target)  # left by an interrupted overwrite
-    create_store(template, encoding, target, zarr_format)
+    with writing(target):
+        create_store(template, encoding, target, zarr_format)
     return target, np.zeros(template[DONE].shape, dtype=bool)
 
 
 def finish(target: Path, out: Path) -> None:
-    """The store at `target` is complete: put it in place of `out` (if it was built beside it)."""
+    """The store at `target` is complete: put it in place of `out` (if it was built beside it),
+    then check that what is at `out` is complete and readable."""
     if target != out:
-        swap_in(target, out)
+        with writing(out):
+            commit(target, out)
+    verify_store(out)
+
+
+def verify_store(path: Path) -> None:
+    """One line if the store at `path` is not complete: unreadable, a sequence not done, or a
+    chunk missing (e.g. a folder removed or changed by another process while writing)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(path, consolidated=None, decode_timedelta=True)
+            done = np.asarray(ds[DONE].values, dtype=bool)
+    except Exception as err:
+        raise MinconvError(f"{path}: the store is unreadable after writing ({err})") from None
+    if not done.all():
+        raise MinconvError(
+            f"{path}: {int((~done).sum())} of {done.size} sequences are not written after the "
+            "rollout (was the store changed while writing?)"
+        )
+    for var in ds.data_vars:
+        gone = missing_chunks(path, str(var))
+        if gone:
+            raise MinconvError(
+                f"{path}: {len(gone)} chunk(s) of {var!r} are missing after writing (was the "
+                "store changed or removed while writing?)"
+            )
 
 
 def stored_precision(path: Path) -> str:

@@ -39,12 +39,22 @@ def user_errors(func: F) -> F:
             raise
         except MinconvError as err:
             raise fail(str(err)) from None
-        except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        except ValueError as err:
             raise fail(str(err)) from None
+        except OSError as err:  # read-only, disk full, file-size limit, a folder removed, ...
+            raise fail(os_error_line(err)) from None
         except KeyboardInterrupt:
             raise fail("interrupted", code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_error_line(err: OSError) -> str:
+    """`PATH: cause` for an OS error that no writer turned into its own line."""
+    from minconv_cli.files import os_cause
+
+    cause = os_cause(err) or " ".join(str(err).split())
+    return f"{err.filename}: {cause}" if err.filename else cause
 
 
 def print_json(obj: Any) -> None:

@@ -71,7 +71,17 @@ def convert(
     attrs: str = typer.Option(
         None, "--attrs", help="Attributes: 'units=K' for every variable, 'time.units=s' for one."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace DST if it exists (the old DST stays until the new one is complete).",
+    ),
+    allow_missing_chunks: bool = typer.Option(
+        False,
+        "--allow-missing-chunks",
+        help="Read chunks missing from a Zarr SRC as NaN (default: an error; stores written "
+        "without empty chunks leave all-NaN chunks out).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     json_out: bool = typer.Option(
         False, "--json", help="Print what was written as JSON on stdout."
@@ -94,6 +104,7 @@ def convert(
         name=name,
         attrs=parse_mapping(attrs, "--attrs"),
         overwrite=overwrite,
+        allow_missing_chunks=allow_missing_chunks,
     )
     if quiet:
         result = run_convert(src, dst, **options)

@@ -63,23 +63,26 @@ def evaluate(
     from minconv_cli.data.remote import as_source, local_path
     from minconv_cli.evaluate import check_outputs, default_out_dir, write_reports
     from minconv_cli.evaluate import evaluate as run_evaluate
+    from minconv_cli.files import output_lock, recover
 
     source = as_source(forecast)
     out_dir = local_path(out, "--out") if out else default_out_dir(source)
     plot_path = local_path(plot, "--plot") if plot else None
-    check_outputs(out_dir, plot_path, overwrite)
-    with progress_bar("scoring", quiet) as report:
-        scores = run_evaluate(
-            source,
-            [as_source(p) for p in truth],
-            compare=compare,
-            metrics_=metrics,
-            references=references,
-            climatology=None if climatology is None else as_source(climatology),
-            climatology_period=climatology_period,
-            progress=report,
-        )
-    written = write_reports(scores, out_dir, plot_path)
+    with output_lock(out_dir, "minconv evaluate"):  # one writer per score folder
+        recover(out_dir)  # what a killed run left beside it
+        check_outputs(out_dir, plot_path, overwrite)
+        with progress_bar("scoring", quiet) as report:
+            scores = run_evaluate(
+                source,
+                [as_source(p) for p in truth],
+                compare=compare,
+                metrics_=metrics,
+                references=references,
+                climatology=None if climatology is None else as_source(climatology),
+                climatology_period=climatology_period,
+                progress=report,
+            )
+        written = write_reports(scores, out_dir, plot_path)
     if json_out:
         print_json(scores.records)
     if not quiet:

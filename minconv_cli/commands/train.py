@@ -223,6 +223,7 @@ def train(
     from minconv_cli.data.remote import as_source, local_path
     from minconv_cli.errors import MinconvError
     from minconv_cli.training import train_model
+    from minconv_cli.training.run_dir import RunDir
 
     out = None if out is None else local_path(out, "--out")
     if width is not None and params is not None:
@@ -255,9 +256,10 @@ def train(
     }
     base = None
     if resume:
-        if not (out / "last.pt").is_file():
-            raise MinconvError(f"--resume: {out / 'last.pt'} not found (nothing to resume)")
-        _, meta = read_checkpoint(out / "last.pt")
+        last = RunDir(out).resolve(resume=True, overwrite=False).last
+        if not last.is_file():
+            raise MinconvError(f"--resume: {last} not found (nothing to resume)")
+        _, meta = read_checkpoint(last)
         base = meta.config
     cfg = resolve_config(config_file, sets, options, base=base)
     if width is not None:
@@ -286,9 +288,12 @@ def train(
         return
     summary = result.summary
     if result.status == "interrupted":
+        replacement = summary.get("replacement_dir")
+        kept = f" (the old run in {out} is kept until this one completes)" if replacement else ""
         console.print(
-            f"[yellow]interrupted[/]: saved {out / 'last.pt'} at epoch {summary['epochs_completed'] + 1}, "
-            f"step {summary['steps']}; continue with: minconv train --out {out} --resume"
+            f"[yellow]interrupted[/]: saved {Path(replacement or out) / 'last.pt'} at epoch "
+            f"{summary['epochs_completed'] + 1}, step {summary['steps']}{kept}; continue with: "
+            f"minconv train --out {out} --resume"
         )
         if json_out:
             print_json(summary)

@@ -17,7 +17,7 @@ from minconv_cli.errors import MinconvError
 from minconv_cli.evaluate.labels import format_lead
 from minconv_cli.evaluate.plots import plot_scores
 from minconv_cli.evaluate.scoring import Scores
-from minconv_cli.files import atomic_paths
+from minconv_cli.files import atomic_paths, commit, remove, sibling, writing
 
 OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc")
 PLOT_FILE = "scores.png"
@@ -111,20 +111,46 @@ def _rank_table(scores: Scores) -> xr.DataArray:
 
 
 def write_reports(scores: Scores, out_dir: Path, plot: Path | None = None) -> list[Path]:
-    """Write scores.json, scores.csv, scores.nc and the PNG(s), each via a temporary sibling + rename."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write scores.json, scores.csv, scores.nc and the PNG(s): built in a folder beside OUT,
+    checked, then swapped in as one (`commit`: a kill leaves the old or the new set, never a mix;
+    other files in OUT are kept). A `--plot` outside OUT is replaced on its own, atomically."""
     targets = output_paths(out_dir, plot)
     rank_png = rank_plot_path(out_dir, plot)
     if scores.rank_histograms:
         targets.append(rank_png)
-    else:
-        rank_png.unlink(missing_ok=True)  # a stale one from an earlier ensemble
-    with atomic_paths(targets) as temps:
-        temps[0].write_text(json.dumps(scores.records, indent=1) + "\n")
-        temps[1].write_text(_records_csv(scores.records))
-        _table_dataset(scores).to_netcdf(temps[2], engine="netcdf4")
-        plot_scores(scores, temps[3])
-        if scores.rank_histograms:
-            leads = [format_lead(x) for x in scores.table["lead"].values]
-            plot_rank_histograms(scores.rank_histograms, temps[4], leads)
+    ours = {p.name for p in [*output_paths(out_dir, None), rank_plot_path(out_dir, None)]}
+    stage = sibling(out_dir, "tmp")
+    outside = [t for t in targets if t.parent != out_dir]
+    try:
+        with writing(out_dir):
+            stage.mkdir(parents=True)
+        with atomic_paths(outside) as temps, writing(out_dir):
+            staged = [temps[outside.index(t)] if t in outside else stage / t.name for t in targets]
+            staged[0].write_text(json.dumps(scores.records, indent=1) + "\n")
+            staged[1].write_text(_records_csv(scores.records))
+            _table_dataset(scores).to_netcdf(staged[2], engine="netcdf4")
+            plot_scores(scores, staged[3])
+            if scores.rank_histograms:
+                leads = [format_lead(x) for x in scores.table["lead"].values]
+                plot_rank_histograms(scores.rank_histograms, staged[4], leads)
+            _check_written(staged, targets)
+            commit(stage, out_dir, carry=lambda name: name not in ours)
+    finally:
+        remove(stage)
     return targets
+
+
+def _check_written(staged: list[Path], targets: list[Path]) -> None:
+    """Every report file is there and reads back (JSON parses, NetCDF opens, PNGs are PNGs)."""
+    for path, target in zip(staged, targets, strict=True):
+        try:
+            if target.suffix == ".json":
+                json.loads(path.read_text())
+            elif target.suffix == ".nc":
+                xr.open_dataset(path, engine="netcdf4").close()
+            elif target.suffix == ".png" and path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+                raise ValueError("not a PNG")
+            elif not path.stat().st_size:
+                raise ValueError("empty")
+        except Exception as err:
+            raise MinconvError(f"{target}: unreadable after writing ({err})") from None

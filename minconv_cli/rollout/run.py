@@ -21,7 +21,7 @@ from minconv_cli.data import Fields, Normalizer, split_fields
 from minconv_cli.data.remote import as_source, is_url, local_path
 from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.errors import MinconvError
-from minconv_cli.files import Progress, resolve_device
+from minconv_cli.files import Progress, output_lock, recover, resolve_device
 from minconv_cli.rollout.forecast_loop import forecast
 from minconv_cli.rollout.init_times import select_init_times, time_labels
 from minconv_cli.store import (
@@ -140,44 +140,46 @@ def rollout(
     names = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     paths = [local_path(c, "CHECKPOINT") for c in names]
     out, data = local_path(out, "--out"), [as_source(p) for p in data]
-    spec = _ensemble_spec(
-        len(paths), members, perturbation, perturbation_smoothing, seed, step_noise, recentre
-    )
-    _check_request(steps, batch_size, zarr_format, mode, out, data)
-    dev = resolve_device(device)
-    keep_freed_memory()
-    if precision == "auto" and mode == "resume" and out.exists():
-        precision = stored_precision(out)
-    precision = resolve_precision(precision, dev, "--precision")
-    loads = _load_checkpoints(paths, dev)
-    context = _context(loads, context, step_noise)
-    job = _job(loads[0], data, subset, init_times, context, steps, spec)
-    model_name = loads[0].meta.model.name
-    settings, attrs = _store_settings(
-        job, data, paths, spec, subset, precision, command, model_name
-    )
-    clock = {"read": 0.0, "model": 0.0, "write": 0.0}
-    t0 = time.perf_counter()
-    target, todo, pending = _open_store(job, spec, out, mode, settings, attrs, zarr_format)
-    clock["write"] += time.perf_counter() - t0
-    writer = StoreWriter(target, job.fields, members=spec is not None)
-    if progress:
-        progress(len(todo) - len(pending), len(todo))
-    run = _Run(job, spec, writer, batch_size, dev, precision, clock, progress, len(todo))
-    run.forecast(loads, pending)
-    finish(target, out)
-    return RolloutResult(
-        path=str(out),
-        init_times=time_labels(job.fields.times[job.init_index]),
-        samples=job.fields.n_samples,
-        steps=steps,
-        members=spec.members if spec is not None else None,
-        variables=job.fields.variables,
-        written=len(pending),
-        skipped=len(todo) - len(pending),
-        seconds=round(time.perf_counter() - started, 3),
-        timings={k: round(v, 4) for k, v in clock.items()},
-    )
+    with output_lock(out, command):  # one writer per store
+        recover(out)  # what a killed run left beside it
+        spec = _ensemble_spec(
+            len(paths), members, perturbation, perturbation_smoothing, seed, step_noise, recentre
+        )
+        _check_request(steps, batch_size, zarr_format, mode, out, data)
+        dev = resolve_device(device)
+        keep_freed_memory()
+        if precision == "auto" and mode == "resume" and out.exists():
+            precision = stored_precision(out)
+        precision = resolve_precision(precision, dev, "--precision")
+        loads = _load_checkpoints(paths, dev)
+        context = _context(loads, context, step_noise)
+        job = _job(loads[0], data, subset, init_times, context, steps, spec)
+        model_name = loads[0].meta.model.name
+        settings, attrs = _store_settings(
+            job, data, paths, spec, subset, precision, command, model_name
+        )
+        clock = {"read": 0.0, "model": 0.0, "write": 0.0}
+        t0 = time.perf_counter()
+        target, todo, pending = _open_store(job, spec, out, mode, settings, attrs, zarr_format)
+        clock["write"] += time.perf_counter() - t0
+        writer = StoreWriter(target, job.fields, members=spec is not None)
+        if progress:
+            progress(len(todo) - len(pending), len(todo))
+        run = _Run(job, spec, writer, batch_size, dev, precision, clock, progress, len(todo))
+        run.forecast(loads, pending)
+        finish(target, out)
+        return RolloutResult(
+            path=str(out),
+            init_times=time_labels(job.fields.times[job.init_index]),
+            samples=job.fields.n_samples,
+            steps=steps,
+            members=spec.members if spec is not None else None,
+            variables=job.fields.variables,
+            written=len(pending),
+            skipped=len(todo) - len(pending),
+            seconds=round(time.perf_counter() - started, 3),
+            timings={k: round(v, 4) for k, v in clock.items()},
+        )
 
 
 def _open_store(

@@ -14,7 +14,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from minconv_cli.checkpoint import CheckpointMeta, DataMeta, read_checkpoint, sa
 from minconv_cli.config import Config
 from minconv_cli.data.stream import BlockStream
 from minconv_cli.errors import MinconvError
+from minconv_cli.files import output_lock, recover
 from minconv_cli.models import (
     count_parameters,
     create_model,
@@ -174,7 +175,7 @@ class _Run:
         self.t0 = time.monotonic() if started is None else started
         self.config, self.info, self.device = config, info, device
         self.precision = resolve_precision(config.train.precision, device, "train.precision")
-        self.run_dir = RunDir(out)
+        self.run_dir = RunDir(out).resolve(resume, overwrite)
         if info.is_main:
             self.run_dir.check(resume=resume, overwrite=overwrite)
         self.reporter = reporter if info.is_main else None
@@ -504,7 +505,11 @@ class _Run:
         return {
             "status": status,
             "run_dir": str(self.run_dir.path),
-            "checkpoint": str(self.run_dir.model) if self.run_dir.model.exists() else None,
+            "checkpoint": str(self.run_dir.path / "model.pt")
+            if self.run_dir.model.exists()
+            else None,
+            # an unfinished replacement of an older run: where it is (the old run is kept)
+            "replacement_dir": str(self.run_dir.work) if self.run_dir.replacing else None,
             "model": self.hparams["name"],
             "parameters": self.parameters,
             "widths": self.hparams["widths"],
@@ -556,7 +561,13 @@ def train_model(
     try:
         if on_setup is not None:
             on_setup(info)
-        return _train(_Run(config, Path(out), resume, overwrite, reporter, info, device, started))
+        # one writer per run directory (rank 0 writes); what a killed run left is cleared
+        with output_lock(Path(out), "minconv train") if info.is_main else nullcontext():
+            if info.is_main:
+                recover(Path(out))
+            return _train(
+                _Run(config, Path(out), resume, overwrite, reporter, info, device, started)
+            )
     finally:
         distributed.teardown(info)
 
@@ -574,5 +585,15 @@ def _train(run: _Run) -> TrainResult:
             run.reporter.end()
     summary = run.summary(status)
     if run.info.is_main:
+        if status != "interrupted" and not run.run_dir.model.exists():
+            last = run.pos.history[-1] if run.pos.history else {}
+            raise MinconvError(
+                f"{run.run_dir.path}: no model.pt: no epoch ended with a finite validation score "
+                f"(last validation RMSE {last.get('val_rmse_cl', 'none')}); the data may hold "
+                "values that overflow float32 arithmetic"
+            )
         run.run_dir.write_summary(summary)
+        if status != "interrupted":
+            run.run_dir.complete()  # checked, and swapped in when it replaces an older run
+            summary["replacement_dir"] = None
     return TrainResult(status=status, summary=summary, run_dir=run.run_dir.path)

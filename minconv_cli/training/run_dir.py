@@ -10,44 +10,73 @@ from pathlib import Path
 from typing import Any
 
 from minconv_cli.errors import MinconvError
-from minconv_cli.files import atomic_write_text
+from minconv_cli.files import PARTIAL, atomic_write_text, commit, remove, sibling, writing
 
 RUN_FILES = ("model.pt", "last.pt", "config.yaml", "metrics.csv", "summary.json")
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunDir:
-    """Where one run keeps its checkpoints, resolved config, per-epoch metrics and summary."""
+    """Where one run keeps its checkpoints, resolved config, per-epoch metrics and summary.
+
+    `path` is the run directory; `work` is where this session writes: `path` itself, or, when
+    `--overwrite` replaces a run already there (or `--resume` continues such a replacement), a
+    sibling `.NAME.minconv-partial` that `complete` swaps in once the new run has ended, so that
+    a kill at any moment leaves the old run or the new one."""
 
     path: Path
+    work: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.work is None:
+            self.work = self.path
+
+    @property
+    def partial(self) -> Path:
+        return sibling(self.path, PARTIAL, unique=False)
+
+    @property
+    def replacing(self) -> bool:
+        """Whether this run is built beside an older one that it replaces when complete."""
+        return self.work != self.path
 
     @property
     def model(self) -> Path:
-        return self.path / "model.pt"
+        return self.work / "model.pt"
 
     @property
     def last(self) -> Path:
-        return self.path / "last.pt"
+        return self.work / "last.pt"
 
     @property
     def config(self) -> Path:
-        return self.path / "config.yaml"
+        return self.work / "config.yaml"
 
     @property
     def metrics(self) -> Path:
-        return self.path / "metrics.csv"
+        return self.work / "metrics.csv"
 
     @property
     def summary(self) -> Path:
-        return self.path / "summary.json"
+        return self.work / "summary.json"
 
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
+
+    def resolve(self, resume: bool, overwrite: bool) -> RunDir:
+        """Set `work`: the interrupted replacement when resuming one, a new one beside an existing
+        run for `overwrite`, else the run directory itself. Reads the disk, changes nothing."""
+        resuming_partial = resume and (self.partial / "last.pt").is_file()
+        replacing = overwrite and not resume and self.holds_run()
+        self.work = self.partial if resuming_partial or replacing else self.path
+        return self
 
     def check(self, resume: bool, overwrite: bool) -> None:
         """Refuse a directory holding another run unless told; changes nothing on disk."""
         if self.path.exists() and not self.path.is_dir():
             raise MinconvError(f"--out {self.path}: exists and is not a directory")
+        self.resolve(resume, overwrite)
         if resume:
             if not self.last.is_file():
                 raise MinconvError(f"--resume: {self.last} not found (nothing to resume)")
@@ -59,13 +88,29 @@ class RunDir:
             )
 
     def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Create the directory (clearing an old run for `overwrite`); called once the data and
-        the model are known to be good, so that a bad input never costs the old run."""
+        """Create the directory the run writes to (a fresh one beside an old run it replaces);
+        called once the data and the model are known to be good. The old run is untouched."""
         self.check(resume, overwrite)
-        if not resume:
-            for name in RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
-        self.path.mkdir(parents=True, exist_ok=True)
+        with writing(self.work):
+            if self.replacing and not resume:
+                remove(self.work)  # an earlier, interrupted replacement
+            self.work.mkdir(parents=True, exist_ok=True)
+
+    def complete(self) -> None:
+        """The run has ended: check its files read back, then (when it replaces an older run) swap
+        it in, keeping files of the old directory that are not the run's (e.g. a forecast)."""
+        from minconv_cli.checkpoint import read_checkpoint
+
+        read_checkpoint(self.model)
+        read_checkpoint(self.last)
+        try:
+            json.loads(self.summary.read_text())
+        except (OSError, ValueError) as err:
+            raise MinconvError(f"{self.summary}: unreadable after writing ({err})") from None
+        if self.replacing:
+            with writing(self.path):
+                commit(self.work, self.path, carry=lambda name: name not in RUN_FILES)
+            self.work = self.path
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """The whole per-epoch table (rewritten each epoch, so a resumed run has no stale rows)."""
