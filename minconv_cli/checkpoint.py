@@ -185,7 +185,7 @@ class DataMeta:
             return pd.Timedelta(step).to_timedelta64().astype("timedelta64[ns]")
         return float(step)
 
-    def open_matching(self, data: Sequence[Any]) -> Any:
+    def open_matching(self, data: Sequence[Any], allow_missing_chunks: bool = False) -> Any:
         """Open DATA (`Fields`) with these variables, statics, levels and (where present) dims."""
         from minconv_cli.data import open_dataset, open_fields
 
@@ -207,6 +207,7 @@ class DataMeta:
             static=static or None,
             dims=dims,
             levels=list(dict.fromkeys(levels)) or None,
+            allow_missing_chunks=allow_missing_chunks,
         )
 
     def check_against(self, fields: Any) -> GridOrder:

@@ -46,6 +46,8 @@ class DataConfig:
     memory_limit: int | str | None = (
         None  # e.g. 8GB: data loaded or buffered; None: half the free RAM
     )
+    allow_missing_chunks: bool = False  # read Zarr chunks that are not stored as NaN
+    allow_overlap: bool = False  # let the validation period share frames with the training one
 
 
 @dataclass
@@ -296,8 +298,12 @@ def nest(dotted: dict[str, Any]) -> dict:
     return out
 
 
+PERIOD_KEYS = ("data.train_period", "data.val_period")
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["optim.weight_decay=0.01", ...]` -> dotted dict, values parsed as YAML scalars."""
+    """`["optim.weight_decay=0.01", ...]` -> dotted dict, values parsed as YAML scalars (nothing
+    after `=` is null, except for a period: empty, which is refused; `null` means the default)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -305,7 +311,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key or any(not p for p in key.split(".")):
             raise MinconvError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.001")
         try:
-            out[key] = yaml.safe_load(text) if text.strip() else None
+            out[key] = yaml.safe_load(text) if text.strip() else "" if key in PERIOD_KEYS else None
         except yaml.YAMLError:
             raise MinconvError(f"--set {item!r}: value is not valid YAML") from None
     return out
@@ -346,6 +352,14 @@ def validate(config: Config, source: str = "config") -> Config:
     for ok, key, message in rules:
         if not ok:
             raise MinconvError(f"{source}: {key}: {message}")
+    for key in ("variables", "static"):
+        names = getattr(config.data, key) or []
+        twice = [n for i, n in enumerate(names) if n in names[:i]]
+        if twice:
+            raise MinconvError(f"{source}: data.{key}: {twice[0]!r} is given twice")
+    both = [n for n in config.data.variables or [] if n in (config.data.static or [])]
+    if both:
+        raise MinconvError(f"{source}: data.variables and data.static both name {both[0]!r}")
     if config.data.memory_limit is not None:
         from minconv_cli.data.memory import parse_size
 
@@ -376,12 +390,23 @@ def resolve_config(
     merged: dict = Config().to_dict()
     for source, layer in layers:
         _build(Config, layer, "", source)  # name the layer that holds a bad key
+        if source != CHECKPOINT_SOURCE:  # runs made before periods were checked still resume
+            _check_periods(layer, source)
         merged = _merge(merged, layer)
     if not merged["data"]["paths"] and base is None:  # the bundled sample: its own defaults
         merged = Config().to_dict()
         for layer in [SAMPLE_DEFAULTS, *(layer for _, layer in layers)]:
             merged = _merge(merged, layer)
     return validate(_build(Config, merged, "", "config"))
+
+
+def _check_periods(layer: dict, source: str) -> None:
+    """An empty or blank period is refused (an unset shell variable?); null means the default."""
+    data = layer.get("data") or {}
+    for key in ("train_period", "val_period"):
+        value = data.get(key)
+        if isinstance(value, str) and not value.strip():
+            raise MinconvError(f"{source}: data.{key}: empty; an unset shell variable?")
 
 
 def config_from_dict(values: dict, source: str = "config") -> Config:

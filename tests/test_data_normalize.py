@@ -68,7 +68,7 @@ def test_constant_channel_gets_a_std_floor_and_the_dict_round_trips(tmp_path):
 def test_all_nan_variable_in_lazy_data_is_reported_at_fit(tmp_path, monkeypatch):
     ds = latlon_dataset(n_time=3)
     ds["t"][:] = np.nan
-    ds.to_zarr(tmp_path / "nan.zarr")
+    ds.to_zarr(tmp_path / "nan.zarr", write_empty_chunks=True)  # an all-NaN chunk is stored
     monkeypatch.setattr("minconv_cli.data.open.LOAD_BELOW_BYTES", 0)
     with pytest.raises(MinconvError, match=r"nan\.zarr: variable 't' is all NaN"):
         Normalizer.fit(open_fields(tmp_path / "nan.zarr"))

@@ -215,7 +215,7 @@ def test_evaluate_overwrite_killed_anywhere_keeps_the_old_or_the_new_scores(
 
 def test_train_overwrite_killed_anywhere_keeps_the_old_or_the_new_run(server, tmp_path):
     data = tmp_path / "long.nc"
-    latlon_dataset(n_time=60, n_lon=8).to_netcdf(data)
+    latlon_dataset(n_time=80, n_lon=8).to_netcdf(data)
     out = tmp_path / "run"
     tiny = ["--epochs", "1", "--width", "4", "--layers", "1", "--context", "4", "--horizon", "2"]
     base = ["train", data, "--out", out, "-q", *tiny, "--batch-size", "8", "--precision", "fp32"]

@@ -56,6 +56,12 @@ def evaluate(
         None, "--plot", help="PNG of error against lead time (default: OUT/scores.png)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing score files."),
+    allow_missing_chunks: bool = typer.Option(
+        False,
+        "--allow-missing-chunks",
+        help="Read chunks missing from Zarr truth (or climatology) as NaN instead of refusing them; "
+        "never for forecast chunks flagged done.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the score records on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
@@ -81,6 +87,7 @@ def evaluate(
                 climatology=None if climatology is None else as_source(climatology),
                 climatology_period=climatology_period,
                 progress=report,
+                allow_missing_chunks=allow_missing_chunks,
             )
         written = write_reports(scores, out_dir, plot_path)
     if json_out:
@@ -92,13 +99,17 @@ def evaluate(
 def _print_summary(scores: Scores, written: list[Path]) -> None:
     """Overlap, a short table (RMSE and ACC at up to five leads) and the notes, on stderr."""
     from minconv_cli.evaluate import format_lead
+    from minconv_cli.evaluate.cases import REASONS
 
     for o in scores.overlap:
         it, ld = o["init_times"], o["leads"]
+        dropped = [f"{n} {REASONS[r]}" for r, n in o.get("dropped", {}).items() if n]
         console.print(
             f"{o['forecast']}: {it['count']}/{it['of']} init times ({it['first']} to {it['last']}), "
             f"{ld['count']}/{ld['of']} leads ({ld['first']} to {ld['last']}), "
-            f"{o['cases']}/{o['of_cases']} (init, lead) cases scored"
+            f"{o['cases']}/{o['of_cases']} ({', '.join(o.get('case', ['init', 'lead']))}) cases "
+            f"scored" + (f"; dropped: {', '.join(dropped)}" if dropped else ""),
+            soft_wrap=True,
         )
     table = scores.table
     metric_names = [str(m) for m in table["metric"].values]

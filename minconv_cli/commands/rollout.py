@@ -90,6 +90,11 @@ def rollout(
         "control: the ensemble mean is the controls' mean, the spread that of the perturbations.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the ensemble perturbations."),
+    allow_missing_chunks: bool = typer.Option(
+        False,
+        "--allow-missing-chunks",
+        help="Read Zarr chunks of DATA that are not stored as NaN instead of refusing the store.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -124,6 +129,7 @@ def rollout(
         words += ["--recentre"] if recentre else []
         words += ["--seed", seed]
     words += [f"--{mode}"] if mode != "create" else []
+    words += ["--allow-missing-chunks"] if allow_missing_chunks else []
     command = shlex.join(map(str, words))  # the effective request, however it was invoked
     with progress_bar("rollout", quiet) as report:
         result = run_rollout(
@@ -147,6 +153,7 @@ def rollout(
             seed=seed,
             step_noise=step_noise,
             recentre=recentre,
+            allow_missing_chunks=allow_missing_chunks,
         )
     if json_out:
         print_json(result.to_dict())

@@ -23,11 +23,26 @@ from rich.table import Table
 from minconv_cli.commands._common import console, print_json, user_errors
 
 
-def _names(values: list[str] | None) -> list[str] | None:
-    """Repeated and/or comma-separated names -> one list (None when not given)."""
+def _names(values: list[str] | None, option: str) -> list[str] | None:
+    """Repeated and/or comma-separated names -> one list (None when not given); each name once."""
     if not values:
         return None
-    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        from minconv_cli.errors import MinconvError
+
+        raise MinconvError(f"{option}: {twice[0]!r} is given twice")
+    return names
+
+
+def _period(value: str | None, option: str) -> str | None:
+    """A period option as given; an empty or blank one is refused (an unset shell variable?)."""
+    if value is not None and not value.strip():
+        from minconv_cli.errors import MinconvError
+
+        raise MinconvError(f"{option}: empty; an unset shell variable?")
+    return value
 
 
 def _pace(seconds: float) -> str:
@@ -215,6 +230,17 @@ def train(
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the full resolved config as YAML and exit."
     ),
+    allow_missing_chunks: bool = typer.Option(
+        False,
+        "--allow-missing-chunks",
+        help="Read Zarr chunks that are not stored as NaN (zarr-python 3 leaves out chunks that "
+        "are all fill value) instead of refusing the store as damaged.",
+    ),
+    allow_overlap: bool = typer.Option(
+        False,
+        "--allow-overlap",
+        help="Let the validation period share frames with the training period.",
+    ),
 ) -> None:
     """Train a forecasting model; writes model.pt, last.pt, config.yaml, metrics.csv and summary.json."""
     started = time.monotonic()  # --max-time counts from here: loading torch and the data included
@@ -232,12 +258,18 @@ def train(
         raise MinconvError("--resume and --overwrite: choose one")
     if resume and out is None:
         raise MinconvError("--resume: needs --out RUN_DIR (the run to continue)")
+    names, statics = _names(variables, "--variables"), _names(static, "--static")
+    both = [n for n in names or [] if n in (statics or [])]
+    if both:
+        raise MinconvError(f"--variables and --static: {both[0]!r} is given in both")
     options = {
         "data.paths": [str(as_source(p)) for p in data] if data else None,
-        "data.variables": _names(variables),
-        "data.static": _names(static),
-        "data.train_period": train_period,
-        "data.val_period": val_period,
+        "data.variables": names,
+        "data.static": statics,
+        "data.train_period": _period(train_period, "--train-period"),
+        "data.val_period": _period(val_period, "--val-period"),
+        "data.allow_missing_chunks": True if allow_missing_chunks else None,
+        "data.allow_overlap": True if allow_overlap else None,
         "model.name": model,
         "model.width": width,
         "model.params": params,

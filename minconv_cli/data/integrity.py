@@ -89,7 +89,7 @@ def describe(ds: xr.Dataset, region: dict[str, slice]) -> str:
             parts.append(f"{dim} {first}" if first == last else f"{dim} {first} to {last}")
         else:
             parts.append(f"{dim} {sl.start}:{sl.stop}")
-    return ", ".join(parts)
+    return ", ".join(parts) or "the whole array (one chunk)"
 
 
 def _label(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from minconv_cli.data.dims import (
     recognise_dims,
 )
 from minconv_cli.data.fields import Channel, Fields, jsonable
+from minconv_cli.data.finite import Where, check_values, checked_lazily
+from minconv_cli.data.integrity import check_chunks
 from minconv_cli.data.memory import fits_in_memory, memory_budget
 from minconv_cli.data.remote import as_source, detect_url_format, is_url, open_url
 from minconv_cli.data.timeaxis import detect_step, spacings
@@ -63,6 +66,8 @@ def open_dataset(path: str | Path, chunks: Any = "auto-store") -> xr.Dataset:
     fmt = detect_format(p)
     if p.name in ("zarr.json", ".zgroup"):
         p = p.parent
+    if fmt == "zarr":
+        check_array_metadata(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -77,6 +82,33 @@ def open_dataset(path: str | Path, chunks: Any = "auto-store") -> xr.Dataset:
         raise MinconvError(f"{p}: cannot read as a {what} ({_one_line(err)})") from None
     ds.encoding["source_format"] = fmt
     return in_name_order(ds) if fmt == "zarr" else ds
+
+
+def check_array_metadata(store: Path) -> None:
+    """Every folder at the root of a local Zarr store is a node with readable metadata: a folder
+    of chunks without its zarr.json (v3) or .zarray (v2) is an array whose metadata was lost."""
+    name = "zarr.json" if (store / "zarr.json").is_file() else ".zarray"
+    try:
+        folders = sorted(d for d in store.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return  # the reader says what is wrong
+    for d in folders:
+        found = [d / m for m in ("zarr.json", ".zarray", ".zgroup") if (d / m).is_file()]
+        if not found and next(d.iterdir(), None) is not None:
+            raise MinconvError(
+                f"{store}: array {d.name!r} has no metadata ({d.name}/{name} is missing): "
+                f"a damaged store"
+            )
+        for f in found:
+            try:
+                readable = isinstance(json.loads(f.read_bytes()), dict)
+            except (OSError, ValueError):
+                readable = False
+            if not readable:
+                raise MinconvError(
+                    f"{store}: array {d.name!r} has unreadable metadata ({d.name}/{f.name} is "
+                    f"not a JSON object): a damaged store"
+                )
 
 
 def in_name_order(ds: xr.Dataset) -> xr.Dataset:
@@ -100,18 +132,26 @@ def open_fields(
     dims: Mapping[str, Any] | None = None,
     levels: Sequence[Any] | None = None,
     memory_limit: Any = None,
+    allow_missing_chunks: bool = False,
 ) -> Fields:
     """Open, recognise, check and join data files into `Fields`: loaded into memory when the
     selected variables fit the memory budget (`memory_limit`, default half the available memory),
-    else lazy (dask, read from disk when needed)."""
+    else lazy (dask, read from disk when needed).
+
+    Refused with one line: a Zarr chunk that is not stored (unless `allow_missing_chunks`: it
+    reads as NaN), and ±inf or values beyond float32 arithmetic (`data.finite`), checked here for
+    data in memory and block by block as lazy data is read.
+    """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [as_source(p) for p in paths]
     if not paths:
         raise ValueError("open_fields: no paths given")
-    opened = _merge_variable_files([(p, open_dataset(p)) for p in paths])
+    raw = [(p, open_dataset(p)) for p in paths]
+    opened = _merge_variable_files(raw)
     first_path, first = opened[0]
     static = list(static or [])
+    _check_unique(variables, static)
     selected = _select_variables(first, first_path, variables, static, dims)
     role = recognise_dims(first, _dims_of(first, selected), str(first_path), dims)
     time_dim = role["time"]
@@ -128,6 +168,11 @@ def open_fields(
             )
         _check_times(p, ds[time_dim].values)
         checked.append((p, ds))
+    keep = [*selected, *[s for s in static if s in first.data_vars]]
+    for p, one in raw:
+        wanted = [v for v in keep if v in one.data_vars]
+        store = p.parent if isinstance(p, Path) and p.name in ("zarr.json", ".zgroup") else p
+        check_chunks(store, one, wanted, allow=allow_missing_chunks)
     checked.sort(key=lambda item: item[1][time_dim].values[0])
     for (pa, a), (pb, b) in zip(checked[:-1], checked[1:], strict=False):
         _check_same_grid(pa, a, pb, b, role)
@@ -140,7 +185,6 @@ def open_fields(
         if len(paths) <= 3
         else f"{paths[0]} (+{len(paths) - 1} files)"
     )
-    keep = [*selected, *[s for s in static if s in first.data_vars]]
     parts = [ds[keep] for _, ds in checked]
     if len(parts) > 1:
         ds = xr.concat(
@@ -171,9 +215,7 @@ def open_fields(
     ds = ds.transpose(*order, ..., missing_dims="ignore")
     if _load_into_memory(ds[selected], memory_limit):
         ds = ds.load()
-    for v in selected:
-        if not ds[v].chunks and bool(ds[v].isnull().all()):
-            raise MinconvError(f"{label}: variable {v!r} is all NaN")
+    ds = _check_values(ds, selected, static, time_dim, raw, label)
     latlon = is_latitude(ds, y_dim) and is_longitude(ds, x_dim)
     fit = detect_step(ds[time_dim].values)
     if not fit.regular:
@@ -195,6 +237,48 @@ def open_fields(
         is_latlon=latlon,
         default_padding=default_padding(ds, y_dim, x_dim, latlon),
     )
+
+
+def _check_unique(variables: Sequence[str] | None, static: Sequence[str]) -> None:
+    """Each name once: in `variables`, in `static`, and not in both."""
+    for what, names in (("variables", variables or []), ("static", static)):
+        twice = [n for i, n in enumerate(names) if n in names[:i]]
+        if twice:
+            raise MinconvError(f"{what}: {twice[0]!r} is given twice")
+    both = [n for n in variables or [] if n in static]
+    if both:
+        raise MinconvError(f"{both[0]!r} is given both as a variable and as a static")
+
+
+def _check_values(
+    ds: xr.Dataset,
+    selected: Sequence[str],
+    static: Sequence[str],
+    time_dim: str,
+    raw: Sequence[tuple[Path, xr.Dataset]],
+    label: str,
+) -> xr.Dataset:
+    """`ds` with ±inf and values beyond float32 arithmetic refused: now for data in memory (one
+    vectorised pass per variable), block by block as they are read for lazy data; and a variable
+    that is all NaN (in memory) refused."""
+    times = np.asarray(ds[time_dim].values)
+    for v in [*selected, *static]:
+        da = ds[v]
+        if da.dtype.kind != "f":
+            continue
+        files = sorted(
+            (int(np.searchsorted(times, one[time_dim].values[0])), str(p))
+            for p, one in raw
+            if v in one.variables and time_dim in one.dims
+        ) or [(0, label)]
+        where = Where(v, "variable" if v in selected else "static", times, files)
+        if da.chunks is not None and v in ds.data_vars:
+            ds[v] = checked_lazily(da, where, time_dim)
+            continue
+        axis = da.dims.index(time_dim) if time_dim in da.dims else None
+        if not check_values(np.asarray(da.values), where, axis) and v in selected:
+            raise MinconvError(f"{label}: variable {v!r} is all NaN")
+    return ds
 
 
 def float32_bytes(ds: xr.Dataset) -> int:

@@ -18,23 +18,54 @@ def split_fields(fields: Fields, spec: str) -> Fields:
     """Subset by `"START/END"` (times, inclusive), `"dim=a:b"` (sample positions), `"0.0:0.8"`
     (fraction of samples, or of time without sample dims) or `"coord=value"` (e.g. `split=train`)."""
     spec = str(spec).strip()
-    label = f"{fields.path_label} [{spec}]"
+    dim, index = split_selection(fields, spec)
+    return fields.with_ds(fields.ds.isel({dim: index}), f"{fields.path_label} [{spec}]")
+
+
+def split_selection(fields: Fields, spec: str) -> tuple[str, np.ndarray | slice]:
+    """(dim, the positions or slice along it) that the split `spec` keeps of `fields`."""
+    spec = str(spec).strip()
+    if not spec:
+        raise MinconvError("split '': empty; an unset shell variable?")
     if "/" in spec:
-        ds = _time_range(fields, spec)
-    elif "=" in spec:
+        return fields.time_dim, _time_range(fields, spec)
+    if "=" in spec:
         name, value = (s.strip() for s in spec.split("=", 1))
         if name in fields.sample_dims:
             n = fields.ds.sizes[name]
-            ds = fields.ds.isel({name: _index_slice(fields, spec, value, n)})
-        else:
-            ds = _named_split(fields, spec, name, value)
-    elif _FRACTION.match(spec):
-        ds = _fraction(fields, spec)
-    else:
-        raise MinconvError(
-            f"split {spec!r}: expected START/END times, DIM=a:b, a fraction range like 0.0:0.8, or split=NAME"
-        )
-    return fields.with_ds(ds, label)
+            return name, _index_slice(fields, spec, value, n)
+        return _named_split(fields, spec, name, value)
+    if _FRACTION.match(spec):
+        return _fraction(fields, spec)
+    raise MinconvError(
+        f"split {spec!r}: expected START/END times, DIM=a:b, a fraction range like 0.0:0.8, or split=NAME"
+    )
+
+
+def split_overlap(fields: Fields, a: str, b: str) -> dict[str, np.ndarray] | None:
+    """The (sample, time) frames that splits `a` and `b` both keep, as positions per dim they
+    restrict (empty dict: every frame); None when they share none."""
+    keep: dict[str, np.ndarray] = {}
+    for spec in (a, b):
+        dim, index = split_selection(fields, spec)
+        if isinstance(index, slice):
+            index = np.arange(fields.ds.sizes[dim])[index]
+        keep[dim] = np.intersect1d(keep[dim], index) if dim in keep else index
+    if any(len(index) == 0 for index in keep.values()):
+        return None
+    return keep
+
+
+def describe_positions(fields: Fields, dim: str, index: np.ndarray) -> str:
+    """`9 time values from 2000-01-20 to 2000-01-28`: positions along `dim`, by coordinate value
+    where it has one."""
+    from minconv_cli.data.integrity import _label
+
+    values = fields.ds[dim].values[index] if dim in fields.ds.coords else index
+    first, last = _label(values[0]), _label(values[-1])
+    if len(index) == 1:
+        return f"{dim} {first}"
+    return f"{len(index)} {dim} values from {first} to {last}"
 
 
 def read_time(fields: Fields, text: str, what: str, end: bool = False) -> Any:
@@ -60,7 +91,7 @@ def time_range(fields: Fields, start: str | None, stop: str | None, what: str) -
     return np.flatnonzero(keep)
 
 
-def _time_range(fields: Fields, spec: str):
+def _time_range(fields: Fields, spec: str) -> np.ndarray:
     start, end = (s.strip() or None for s in spec.split("/", 1))
     if not fields.time_is_datetime:
         try:
@@ -75,7 +106,7 @@ def _time_range(fields: Fields, spec: str):
             f"split {spec!r}: no times of {fields.path_label} in range "
             f"(data covers {fields.times[0]} to {fields.times[-1]})"
         )
-    return fields.ds.isel({fields.time_dim: index})
+    return index
 
 
 def _index_slice(fields: Fields, spec: str, value: str, n: int) -> slice:
@@ -93,7 +124,7 @@ def _index_slice(fields: Fields, spec: str, value: str, n: int) -> slice:
     return sl
 
 
-def _named_split(fields: Fields, spec: str, name: str, value: str):
+def _named_split(fields: Fields, spec: str, name: str, value: str) -> tuple[str, np.ndarray]:
     if name not in fields.ds.coords:
         raise MinconvError(
             f"split {spec!r}: {fields.path_label} has no sample dim or coordinate {name!r} "
@@ -106,10 +137,10 @@ def _named_split(fields: Fields, spec: str, name: str, value: str):
     if len(hits) == 0:
         found = sorted(set(coord.values.astype(str).tolist()))
         raise MinconvError(f"split {spec!r}: no {name} == {value!r} (values: {', '.join(found)})")
-    return fields.ds.isel({coord.dims[0]: hits})
+    return str(coord.dims[0]), hits
 
 
-def _fraction(fields: Fields, spec: str):
+def _fraction(fields: Fields, spec: str) -> tuple[str, slice]:
     m = _FRACTION.match(spec)
     a = float(m.group(1) or 0.0)
     b = float(m.group(2) or 1.0)
@@ -120,4 +151,4 @@ def _fraction(fields: Fields, spec: str):
     lo, hi = int(round(a * n)), int(round(b * n))
     if hi <= lo:
         raise MinconvError(f"split {spec!r}: selects nothing of {n} entries along {dim!r}")
-    return fields.ds.isel({dim: slice(lo, hi)})
+    return dim, slice(lo, hi)

@@ -1,5 +1,6 @@
 """Alignment: the truth at each forecast's valid times, on its grid, over the overlap (and the
-persistence forecast from the truth at the init times)."""
+persistence forecast from the truth at the init times); `--compare` forecasts on the main
+forecast's cases (`onto`)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,12 @@ class Aligned:
     persistence: dict[str, xr.DataArray] | None
     valid_times: xr.DataArray  # (time, prediction_timedelta)
     overlap: dict
+    # (time, prediction_timedelta, *samples): the store has the case, its valid time is in the
+    # truth, and every member's sequence is done
+    ready: xr.DataArray | None = None
+    of_cases: int = 0  # the store's cases: init times x leads x samples
+    in_truth: xr.DataArray | None = None  # (time, prediction_timedelta): valid time in the truth
+    scope: int = 0  # the store's cases whose valid time is in the truth (the main's, for --compare)
 
 
 def _block(da: xr.DataArray) -> int:
@@ -169,7 +176,127 @@ def align(
     }
     # unscored cases take a scored valid time, so that lookups (climatology) never miss on them
     valid_da = xr.DataArray(np.where(ok, valid[np.ix_(rows, cols)], scored_valid[0]), **case)
-    return Aligned(store, forecast, truth_at, persistence, valid_da, overlap)
+    scope = _case_grid(sub, store.sample_dims) & cases.mask
+    ready = scope & _all_members(done) if done is not None else scope
+    ready = ready.transpose(INIT_DIM, LEAD_DIM, *store.sample_dims).load()
+    n_samples = int(np.prod([ds.sizes[d] for d in store.sample_dims]))
+    n_cases = int(valid.size) * n_samples
+    return Aligned(
+        store,
+        forecast,
+        truth_at,
+        persistence,
+        valid_da,
+        overlap,
+        ready,
+        n_cases,
+        cases.mask,
+        int(scope.sum()),
+    )
+
+
+def _case_grid(ds: xr.Dataset, sample_dims: tuple[str, ...]) -> xr.DataArray:
+    """True over the case dims (time, prediction_timedelta, *samples) of `ds`."""
+    dims = (INIT_DIM, LEAD_DIM, *sample_dims)
+    coords = {d: ds[d] for d in dims if d in ds.coords}
+    return xr.DataArray(np.ones([ds.sizes[d] for d in dims], bool), dims=dims, coords=coords)
+
+
+def _all_members(done: xr.DataArray) -> xr.DataArray:
+    """Done flags of whole cases: an ensemble's sequence is done when every member's is."""
+    return done.all(MEMBER_DIM) if MEMBER_DIM in done.dims else done
+
+
+def _fill_axis(ds: xr.Dataset, dim: str, target: xr.DataArray) -> tuple[xr.Dataset, xr.DataArray]:
+    """`ds` along `dim` at the `target` coordinates (any order) and where it has them (bool)."""
+    source = np.asarray(ds[dim].values)
+    pos = _axis_indexer(np.asarray(target.values), source)
+    has = xr.DataArray(pos >= 0, dims=(dim,), coords={dim: target})
+    return ds.isel({dim: np.maximum(pos, 0)}).assign_coords({dim: target}), has
+
+
+def onto(
+    main: Aligned, store: ForecastStore, truth: Fields, load_below: int = LOAD_BELOW_BYTES
+) -> Aligned:
+    """A `--compare` store on the main forecast's cases (NaN where it lacks one).
+
+    Its init times, leads and samples are matched by coordinate (missing ones are NaN); its grid
+    must hold the main forecast's points. Variables the main forecast lacks are not scored.
+    """
+    _valid_times(store, truth, f"{store.path} vs {truth.path_label}")
+    ms = main.store
+    if set(store.sample_dims) != set(ms.sample_dims):
+        raise MinconvError(
+            f"{store.path}: sample dims {list(store.sample_dims)} differ from those of "
+            f"{ms.path} {list(ms.sample_dims)}; --compare forecasts are scored on its cases"
+        )
+    notes = []
+    variables = [v for v in store.variables if v in main.forecast]
+    extra = [v for v in store.variables if v not in main.forecast]
+    if extra:
+        notes.append(f"variable(s) {extra} not scored: {ms.name} has no such forecast")
+    if not variables:
+        raise MinconvError(f"{store.path}: no variable in common with {ms.path}")
+    ds = store.ds[variables]
+    if DONE in store.ds.coords:
+        ds = ds.assign_coords({DONE: _all_members(store.ds[DONE])})
+    template = main.forecast[variables[0]]
+    present, has = xr.DataArray(True), {}
+    for dim in (INIT_DIM, LEAD_DIM, *ms.sample_dims):
+        ds, has[dim] = _fill_axis(ds, dim, template[dim] if dim in template.coords else ms.ds[dim])
+        present = present & has[dim]
+    roles = {"y": store.y_dim, "x": store.x_dim, "level": store.level_dim}
+    ds = to_forecast_grid(ds, roles, ms, f"{store.path} vs {ms.path}")
+    scope = (present & main.in_truth).transpose(*main.ready.dims)
+    ready = scope & ds[DONE].drop_vars(DONE) if DONE in ds.coords else scope
+    ready = ready.transpose(*main.ready.dims).load()
+    if DONE in store.ds.coords and not bool(store.ds[DONE].all()):
+        flags = store.ds[DONE]
+        notes.append(
+            f"{int((~flags).sum())} of {flags.size} forecast sequences are unfinished and not scored"
+        )
+    forecast = {}
+    for v in variables:
+        fc = ds[v].drop_vars(DONE, errors="ignore").where(ready)
+        if main.forecast[v].chunks is not None:
+            fc = like(fc, main.forecast[v])
+        elif fc.nbytes >= load_below:
+            members = {MEMBER_DIM: -1} if MEMBER_DIM in fc.dims else {}
+            fc = fc.chunk({INIT_DIM: _block(fc), LEAD_DIM: -1, **members})
+        else:
+            fc = fc.load()
+        forecast[v] = fc
+    inits, leads = has[INIT_DIM], has[LEAD_DIM]
+    common = (main.in_truth & inits & leads).values
+    overlap = {
+        "forecast": store.name,
+        "init_times": {
+            **span(inits[INIT_DIM].values[inits.values]),
+            "of": store.ds.sizes[INIT_DIM],
+        },
+        "leads": {
+            **lead_span(leads[LEAD_DIM].values[leads.values], ms.lead_unit),
+            "of": store.ds.sizes[LEAD_DIM],
+        },
+        "valid_times": span(main.valid_times.values[common]),
+        "cases": int(common.sum()),
+        "of_cases": int(store.ds.sizes[INIT_DIM] * store.ds.sizes[LEAD_DIM]),
+        "notes": notes,
+    }
+    n_samples = int(np.prod([store.ds.sizes[d] for d in store.sample_dims]))
+    aligned = Aligned(
+        store=store,
+        forecast=forecast,
+        truth={v: main.truth[v] for v in variables},
+        persistence=None,
+        valid_times=main.valid_times,
+        overlap=overlap,
+        ready=ready,
+        of_cases=overlap["of_cases"] * n_samples,
+        in_truth=main.in_truth,
+        scope=int(scope.sum()),
+    )
+    return aligned
 
 
 def _valid_times(

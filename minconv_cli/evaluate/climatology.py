@@ -14,6 +14,7 @@ import xarray as xr
 
 from minconv_cli.data import Fields, open_dataset, split_fields, timeaxis
 from minconv_cli.data.dims import find_roles
+from minconv_cli.data.integrity import check_chunks
 from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.errors import MinconvError
 from minconv_cli.evaluate.align import like, roles_of
@@ -78,11 +79,16 @@ def climatology_from_truth(
 
 
 def climatology_from_file(
-    path: str | Path, variables: Sequence[str], datetime_time: bool
+    path: str | Path,
+    variables: Sequence[str],
+    datetime_time: bool,
+    allow_missing_chunks: bool = False,
 ) -> Climatology:
     """A climatology file: per variable (dayofyear[, hour], [level], y, x) (WeatherBench 2),
-    (month, [level], y, x) for monthly data, or (y, x)."""
+    (month, [level], y, x) for monthly data, or (y, x). A Zarr chunk it lacks is an error unless
+    `allow_missing_chunks` (then it reads as NaN)."""
     ds = open_dataset(path)
+    check_chunks(path, ds, [v for v in variables if v in ds.data_vars], allow_missing_chunks)
     allowed = {"dayofyear", "hour", "month"} if datetime_time else set()
     out, roles = {}, None
     for v in variables:

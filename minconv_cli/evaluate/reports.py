@@ -1,4 +1,5 @@
-"""The report files: scores.json, scores.csv, scores.nc and the PNGs, written atomically."""
+"""The report files: scores.json, scores.csv, scores.nc, the cases scored (overlap.json,
+overlap.csv) and the PNGs, written atomically."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from minconv_cli import __version__
 from minconv_cli.data.remote import is_url
 from minconv_cli.ensemble import RANK_DIM, RANK_HISTOGRAM, plot_rank_histograms
 from minconv_cli.errors import MinconvError
+from minconv_cli.evaluate.cases import REASONS
 from minconv_cli.evaluate.labels import format_lead
 from minconv_cli.evaluate.plots import plot_scores
 from minconv_cli.evaluate.scoring import Scores
 from minconv_cli.files import atomic_paths, commit, remove, sibling, writing
 
-OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc")
+OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc", "overlap.json", "overlap.csv")
 PLOT_FILE = "scores.png"
 RANK_PLOT_FILE = "rank_histogram.png"  # ensembles only
 
@@ -32,7 +34,8 @@ def default_out_dir(forecast: str | Path) -> Path:
 
 
 def output_paths(out_dir: Path, plot: Path | None) -> list[Path]:
-    """The files a report writes: scores.json, scores.csv, scores.nc and the PNG."""
+    """The files a report writes: scores.json, scores.csv, scores.nc, overlap.json, overlap.csv
+    and the PNG."""
     return [out_dir / f for f in OUTPUT_FILES] + [plot or out_dir / PLOT_FILE]
 
 
@@ -61,6 +64,20 @@ def _records_csv(records: list[dict]) -> str:
     writer.writeheader()
     for r in records:
         writer.writerow({k: "" if r[k] is None else r[k] for k in cols})
+    return buf.getvalue()
+
+
+def _overlap_csv(overlap: list[dict]) -> str:
+    """One row per forecast: the case dims, cases scored, of all, and dropped by reason."""
+    buf = io.StringIO()
+    cols = ["forecast", "case", "cases", "of_cases", *REASONS]
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for o in overlap:
+        row = {"forecast": o["forecast"], "case": " ".join(o.get("case", []))}
+        row.update({k: o.get(k) for k in ("cases", "of_cases")})
+        row.update(o.get("dropped", {}))
+        writer.writerow(row)
     return buf.getvalue()
 
 
@@ -111,7 +128,7 @@ def _rank_table(scores: Scores) -> xr.DataArray:
 
 
 def write_reports(scores: Scores, out_dir: Path, plot: Path | None = None) -> list[Path]:
-    """Write scores.json, scores.csv, scores.nc and the PNG(s): built in a folder beside OUT,
+    """Write the scores, the cases scored and the PNG(s) (`output_paths`): built beside OUT,
     checked, then swapped in as one (`commit`: a kill leaves the old or the new set, never a mix;
     other files in OUT are kept). A `--plot` outside OUT is replaced on its own, atomically."""
     targets = output_paths(out_dir, plot)
@@ -129,10 +146,12 @@ def write_reports(scores: Scores, out_dir: Path, plot: Path | None = None) -> li
             staged[0].write_text(json.dumps(scores.records, indent=1) + "\n")
             staged[1].write_text(_records_csv(scores.records))
             _table_dataset(scores).to_netcdf(staged[2], engine="netcdf4")
-            plot_scores(scores, staged[3])
+            staged[3].write_text(json.dumps(scores.overlap, indent=1) + "\n")
+            staged[4].write_text(_overlap_csv(scores.overlap))
+            plot_scores(scores, staged[5])
             if scores.rank_histograms:
                 leads = [format_lead(x) for x in scores.table["lead"].values]
-                plot_rank_histograms(scores.rank_histograms, staged[4], leads)
+                plot_rank_histograms(scores.rank_histograms, staged[6], leads)
             _check_written(staged, targets)
             commit(stage, out_dir, carry=lambda name: name not in ours)
     finally:

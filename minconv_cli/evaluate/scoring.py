@@ -21,7 +21,16 @@ from minconv_cli.data.dims import is_latitude, is_longitude
 from minconv_cli.data.remote import as_source
 from minconv_cli.ensemble import ENSEMBLE_METRICS, RANK_DIM, RANK_HISTOGRAM, ensemble_scores
 from minconv_cli.errors import MinconvError
-from minconv_cli.evaluate.align import LOAD_BELOW_BYTES, Aligned, align, like, to_forecast_grid
+from minconv_cli.evaluate.align import (
+    LOAD_BELOW_BYTES,
+    Aligned,
+    align,
+    like,
+    onto,
+    to_forecast_grid,
+)
+from minconv_cli.evaluate.cases import REASONS, common_cases, overlap_counts
+from minconv_cli.evaluate.checks import check_units, verify_done_chunks
 from minconv_cli.evaluate.climatology import (
     Climatology,
     ClimatologyGap,
@@ -126,6 +135,7 @@ def evaluate(
     climatology_period: str | None = None,
     progress: Progress | None = None,
     load_below: int = LOAD_BELOW_BYTES,
+    allow_missing_chunks: bool = False,
 ) -> Scores:
     """Score FORECAST (and the `--compare` forecasts) against TRUTH with the reference forecasts."""
     wanted = _parse_list(metrics_, METRICS, "--metrics")
@@ -135,29 +145,79 @@ def evaluate(
     if climatology is not None and climatology_period is not None:
         raise MinconvError("--climatology and --climatology-period: give one or the other")
     stores = _open_stores(forecast, compare)
-    variables = list(dict.fromkeys(v for s in stores for v in s.variables))
     main = stores[0]
-    fields = open_fields(truth, variables=variables)
-    aligned = [
-        align(s, fields, with_persistence="persistence" in refs and s is main) for s in stores
-    ]
-    notes = [f"{a.store.name}: {n}" for a in aligned for n in a.overlap.pop("notes")]
-    clim = None
-    if "climatology" in refs or "acc" in wanted:
-        clim = _climatology(fields, variables, main, climatology, climatology_period, notes)
-    lazy, clim_main = _store_scores(aligned, clim, wanted, notes)
-    lazy_refs = _reference_scores(aligned[0], clim_main, refs, wanted)
-    used_refs = list(dict.fromkeys(ref for ref, _ in lazy_refs))
-    lazy.update(lazy_refs)
+    for s in stores:
+        verify_done_chunks(s, allow_missing_chunks)
+    fields = open_fields(truth, variables=main.variables, allow_missing_chunks=allow_missing_chunks)
+    use_clim = "climatology" in refs or "acc" in wanted
+    clim_file = None
+    if use_clim and climatology is not None:
+        clim_file = climatology_from_file(
+            as_source(climatology), main.variables, fields.time_is_datetime, allow_missing_chunks
+        )
+    notes: list[str] = []
+    others = [(fields.path_label, fields.ds)]
+    if clim_file is not None:
+        others.append((clim_file.source, clim_file.fields))
+    check_units(stores, others, main.variables, notes)
+    first = align(main, fields, "persistence" in refs, load_below)
+    aligned = [first, *(onto(first, s, fields, load_below) for s in stores[1:])]
+    notes += [f"{a.store.name}: {n}" for a in aligned for n in a.overlap.pop("notes")]
+    clim = _climatology(fields, main, clim_file, climatology_period, notes) if use_clim else None
+    clim_at = _climatology_at(first, clim, notes)
+    cases = common_cases(aligned, _references(first, clim_at, refs), clim_at)
+    lazy = {
+        (a.store.name, v): _lazy_scores(
+            cases.forecast[(a.store.name, v)],
+            cases.truth[v],
+            clim_at[v] if clim_at is not None else None,
+            main,
+            wanted,
+        )
+        for a in aligned
+        for v in a.forecast
+    }
+    for (ref, v), ref_fc in cases.references.items():
+        c = clim_at[v] if clim_at is not None else None
+        lazy[(ref, v)] = _lazy_scores(ref_fc, cases.truth[v], c, main, wanted)
+    used_refs = list(dict.fromkeys(ref for ref, _ in cases.references))
     keys = list(lazy)
     with dask_progress(progress, every=50), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
-        computed = dask.compute(*[xr.Dataset(lazy[k]) for k in keys])
+        *computed, counts = dask.compute(*[xr.Dataset(lazy[k]) for k in keys], cases.counts)
+    for a in aligned:
+        a.overlap.update(overlap_counts(a, counts[a.store.name]))
+        a.overlap["case"] = list(map(str, first.ready.dims))
+    if not any(a.overlap["cases"] for a in aligned):
+        raise MinconvError(_nothing_scored(aligned, fields))
     by_name = {s.name: s for s in stores}
     results = {
         k: _finish_ensemble(ds, by_name.get(k[0])) for k, ds in zip(keys, computed, strict=True)
     }
     return _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+
+
+def _nothing_scored(aligned: list[Aligned], fields: Fields) -> str:
+    """The one line when no case is left to score: what dropped them."""
+    o = aligned[0].overlap
+    why = ", ".join(f"{n} {REASONS[r]}" for r, n in o["dropped"].items() if n)
+    return f"{aligned[0].store.path} vs {fields.path_label}: no case left to score ({why})"
+
+
+def _references(
+    main: Aligned, clim_at: dict[str, xr.DataArray] | None, refs: list[str]
+) -> dict[str, dict[str, xr.DataArray]]:
+    """The reference forecasts in use (persistence, climatology), broadcast like the truth."""
+    out: dict[str, dict[str, xr.DataArray]] = {}
+    for ref in refs:
+        source = main.persistence if ref == "persistence" else clim_at
+        if source is None:
+            continue
+        out[ref] = {
+            v: like(source[v].broadcast_like(main.truth[v]), main.truth[v])
+            for v in main.store.variables
+        }
+    return out
 
 
 def _open_stores(forecast: str | Path, compare: Sequence[str]) -> list[ForecastStore]:
@@ -175,18 +235,17 @@ def _open_stores(forecast: str | Path, compare: Sequence[str]) -> list[ForecastS
 
 def _climatology(
     fields: Fields,
-    variables: list[str],
     main: ForecastStore,
-    path: str | Path | None,
+    clim_file: Climatology | None,
     period: str | None,
     notes: list[str],
 ) -> Climatology | None:
     """The climatology from a file, else from the truth (None, with a note, when it has none)."""
-    if path is not None:
-        clim = climatology_from_file(as_source(path), variables, fields.time_is_datetime)
+    if clim_file is not None:
+        clim = clim_file
     else:
         first_init = main.ds[INIT_DIM].values.min()
-        clim = climatology_from_truth(fields, variables, period, first_init)
+        clim = climatology_from_truth(fields, main.variables, period, first_init)
         if clim is None:
             notes.append(
                 "no climatology: the truth has no times before the first init time; "
@@ -197,52 +256,23 @@ def _climatology(
     return clim
 
 
-def _store_scores(
-    aligned: list[Aligned], clim: Climatology | None, wanted: list[str], notes: list[str]
-) -> tuple[dict, dict[str, xr.DataArray] | None]:
-    """The lazy reductions of every (store, variable), and the climatology at the main store's
-    valid times (None without one)."""
-    lazy: dict[tuple[str, str], dict[str, xr.DataArray]] = {}
-    clim_main: dict[str, xr.DataArray] | None = None
-    for a in aligned:
-        clim_at = None
-        if clim is not None:
-            grid = to_forecast_grid(xr.Dataset(clim.fields), clim.roles, a.store, f"{clim.source}")
-            try:
-                clim_at = {
-                    v: climatology_at(grid[v], a.valid_times, clim.source, a.forecast[v])
-                    for v in a.store.variables
-                }
-            except ClimatologyGap as gap:
-                if clim.explicit:
-                    raise
-                notes.append(f"climatology and ACC left out: {gap}")
-                clim = None
-        if a is aligned[0]:
-            clim_main = clim_at
-        for v in a.store.variables:
-            c = clim_at[v] if clim_at is not None else None
-            lazy[(a.store.name, v)] = _lazy_scores(a.forecast[v], a.truth[v], c, a.store, wanted)
-    return lazy, clim_main
-
-
-def _reference_scores(
-    main: Aligned, clim_main: dict[str, xr.DataArray] | None, refs: list[str], wanted: list[str]
-) -> dict[tuple[str, str], dict[str, xr.DataArray]]:
-    """The lazy reductions of the reference forecasts (persistence, climatology) that exist."""
-    lazy = {}
-    for ref in refs:
-        for v in main.store.variables:
-            if ref == "persistence" and main.persistence is not None:
-                ref_fc = main.persistence[v]
-            elif ref == "climatology" and clim_main is not None:
-                ref_fc = clim_main[v]
-            else:
-                continue
-            ref_fc = like(ref_fc.broadcast_like(main.truth[v]), main.truth[v])
-            c = clim_main[v] if clim_main is not None else None
-            lazy[(ref, v)] = _lazy_scores(ref_fc, main.truth[v], c, main.store, wanted)
-    return lazy
+def _climatology_at(
+    main: Aligned, clim: Climatology | None, notes: list[str]
+) -> dict[str, xr.DataArray] | None:
+    """The climatology at the main forecast's valid times, per variable (None without one)."""
+    if clim is None:
+        return None
+    grid = to_forecast_grid(xr.Dataset(clim.fields), clim.roles, main.store, f"{clim.source}")
+    try:
+        return {
+            v: climatology_at(grid[v], main.valid_times, clim.source, main.forecast[v])
+            for v in main.store.variables
+        }
+    except ClimatologyGap as gap:
+        if clim.explicit:
+            raise
+        notes.append(f"climatology and ACC left out: {gap}")
+        return None
 
 
 def _finish_ensemble(ds: xr.Dataset, store: ForecastStore | None) -> xr.Dataset:

@@ -121,6 +121,7 @@ def rollout(
     seed: int = 0,
     step_noise: float = 0.0,
     recentre: bool = False,
+    allow_missing_chunks: bool = False,
 ) -> RolloutResult:
     """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
 
@@ -133,10 +134,13 @@ def rollout(
     complete) or `resume` (fill in what an interrupted run with the same settings left out).
     `precision`: fp32, bf16 or auto (bf16 where the device has native bf16; when resuming,
     auto keeps the store's own precision). Everything is checked before anything is written.
+    `allow_missing_chunks`: Zarr chunks of DATA that are not stored read as NaN (else an error).
     """
     from minconv_cli.precision import resolve_precision
 
     started = time.perf_counter()
+    if subset is not None and not subset.strip():
+        raise MinconvError("--subset: empty; an unset shell variable?")
     names = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     paths = [local_path(c, "CHECKPOINT") for c in names]
     out, data = local_path(out, "--out"), [as_source(p) for p in data]
@@ -153,7 +157,7 @@ def rollout(
         precision = resolve_precision(precision, dev, "--precision")
         loads = _load_checkpoints(paths, dev)
         context = _context(loads, context, step_noise)
-        job = _job(loads[0], data, subset, init_times, context, steps, spec)
+        job = _job(loads[0], data, subset, init_times, context, steps, spec, allow_missing_chunks)
         model_name = loads[0].meta.model.name
         settings, attrs = _store_settings(
             job, data, paths, spec, subset, precision, command, model_name
@@ -293,10 +297,11 @@ def _job(
     context: int,
     steps: int,
     spec: Any,
+    allow_missing_chunks: bool = False,
 ) -> Job:
     """DATA opened and checked against the checkpoint's data contract, and the init times."""
     meta = loaded.meta
-    fields = meta.data.open_matching(data)
+    fields = meta.data.open_matching(data, allow_missing_chunks=allow_missing_chunks)
     if subset:
         fields = split_fields(fields, subset)
     order = meta.check_against(fields)

@@ -8,6 +8,8 @@ from minconv_cli.config import Config
 from minconv_cli.data import Fields, Normalizer, WindowDataset, open_fields, split_fields
 from minconv_cli.data.memory import memory_budget
 from minconv_cli.data.open import float32_bytes
+from minconv_cli.data.splits import describe_positions, split_overlap
+from minconv_cli.errors import MinconvError
 
 
 @dataclass
@@ -35,6 +37,19 @@ def default_splits(fields: Fields) -> tuple[str, str]:
     return "0.0:0.8", "0.8:0.9"
 
 
+def check_disjoint(fields: Fields, train_spec: str, val_spec: str) -> None:
+    """Refuse a validation period that shares a (sample, time) frame with the training period."""
+    shared = split_overlap(fields, train_spec, val_spec)
+    if shared is None:
+        return
+    where = ", ".join(describe_positions(fields, d, i) for d, i in shared.items()) or "every frame"
+    raise MinconvError(
+        f"{fields.path_label}: validation period {val_spec!r} overlaps training period "
+        f"{train_spec!r} (both hold {where}); give periods that do not overlap, or "
+        f"--allow-overlap (data.allow_overlap: true) to validate on training frames"
+    )
+
+
 def data_paths(config: Config) -> list[str]:
     """The configured data files, or the bundled Navier-Stokes sample when none are given."""
     if config.data.paths:
@@ -55,6 +70,7 @@ def prepare_data(config: Config) -> TrainingData:
         dims=d.dims,
         levels=d.levels,
         memory_limit=budget,
+        allow_missing_chunks=d.allow_missing_chunks,
     )
     memory = {
         "in_memory": not fields.is_lazy,
@@ -63,6 +79,8 @@ def prepare_data(config: Config) -> TrainingData:
     }
     auto_train, auto_val = default_splits(fields)
     train_spec, val_spec = d.train_period or auto_train, d.val_period or auto_val
+    if not d.allow_overlap:
+        check_disjoint(fields, train_spec, val_spec)
     train, val = split_fields(fields, train_spec), split_fields(fields, val_spec)
     normalizer = Normalizer.fit(train)
     length = t.context + t.horizon + 1
