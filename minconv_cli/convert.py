@@ -18,11 +18,11 @@ from minconv_cli.errors import MinconvError, one_line
 from minconv_cli.files import (
     commit,
     dask_progress,
+    discard,
     fs_cause,
     os_cause,
     output_lock,
     recover,
-    remove,
     sibling,
     writing,
 )
@@ -429,16 +429,16 @@ def _write_beside(
         with writing(dst):
             commit(tmp, dst)
     except MinconvError:
-        remove(tmp)
+        discard(tmp)
         raise
     except Exception as err:  # a failed read of a damaged input or a failed write
-        remove(tmp)
+        discard(tmp)
         cause = os_cause(err) or fs_cause(tmp)
         if cause:
             raise MinconvError(f"{dst}: cannot write ({cause})") from None
         raise MinconvError(f"{dst}: conversion failed ({one_line(err)})") from None
     except BaseException:
-        remove(tmp)
+        discard(tmp)
         raise
     finally:
         ds.close()

@@ -64,8 +64,18 @@ def atomic_paths(targets: Sequence[Path]) -> Iterator[list[Path]]:
                 commit(tmp, Path(target))
     finally:
         for tmp in temps:
-            with contextlib.suppress(OSError):
-                remove(tmp)
+            discard(tmp)
+
+
+def discard(path: Path) -> None:
+    """Remove what a failed write left at `path`, also what writes still in flight add just
+    after the failure (zarr's event loop finishes the other chunks of a failed batch)."""
+    for _ in range(3):
+        if not (path.exists() or path.is_symlink()):
+            return
+        with contextlib.suppress(OSError):
+            remove(path)
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -230,8 +240,9 @@ def output_lock(out: Path, command: str = "") -> Iterator[None]:
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": command,
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        with contextlib.suppress(OSError):  # who holds it is for messages only (disk full?)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):

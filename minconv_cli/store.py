@@ -39,6 +39,9 @@ VALID = "valid_time"  # 2-D (time, prediction_timedelta) coordinate of calendar-
 DONE = "minconv_done"
 SETTINGS_ATTR = "minconv_rollout"
 CALENDAR_LEADS = ("months", "years")  # `units` of integer leads of calendar-step stores
+# set on stores whose writer keeps every chunk, NaN ones too (from 0.1.0+trust on): there a
+# missing chunk at a done position is damage; older stores left all-NaN chunks out
+EVERY_CHUNK_ATTR = "minconv_every_chunk_stored"
 MODES = ("create", "overwrite", "resume")
 
 if TYPE_CHECKING:
@@ -101,6 +104,7 @@ def store_template(
         )
         chunks = tuple(1 if d in (INIT_DIM, *fields.sample_dims) else shape_of[d] for d in dims)
         encoding[var] = {"chunks": chunks, "_FillValue": np.float32(np.nan), "dtype": "float32"}
+    attrs = {**attrs, EVERY_CHUNK_ATTR: 1}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
 
 

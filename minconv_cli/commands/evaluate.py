@@ -59,8 +59,8 @@ def evaluate(
     allow_missing_chunks: bool = typer.Option(
         False,
         "--allow-missing-chunks",
-        help="Read chunks missing from Zarr truth (or climatology) as NaN instead of refusing them; "
-        "never for forecast chunks flagged done.",
+        help="Read chunks missing from a Zarr truth, climatology or forecast store without done "
+        "flags as NaN instead of refusing them (never forecast chunks flagged done).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the score records on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),

@@ -1,8 +1,10 @@
 """Scoring forecast stores against the truth (the library side of `minconv evaluate`).
 
-`align` (valid times and grids), `climatology` (the climatology reference), `scoring` (the
-metrics, reduced chunk-wise with dask, and the score table), `reports` (the files), `plots`
-(the figure); the store layout itself is `minconv_cli.store`.
+`align` (valid times and grids; `--compare` forecasts on the main one's cases), `checks` (units,
+done flags against the stored chunks), `cases` (the one set of cells every forecast and
+reference is scored on, and the cases dropped by reason), `climatology` (the climatology
+reference), `scoring` (the metrics, reduced chunk-wise with dask, and the score table), `reports`
+(the files), `plots` (the figure); the store layout itself is `minconv_cli.store`.
 """
 
 from minconv_cli.evaluate.align import Aligned, align, to_forecast_grid
