@@ -3,7 +3,7 @@ that tests can kill real command processes (SIGKILL) at chosen moments without p
 and xarray's imports for each of them.
 
 Run as `python tests/forkserver.py`; it reads one JSON request a line on stdin,
-`{"args": [...], "cwd": DIR, "log": FILE, "kill_after": SECONDS or null}`, runs `minconv ARGS`
+`{"args": [...], "cwd": DIR, "log": FILE, "kill_after": SECONDS or null, "fsize": BYTES}`, runs `minconv ARGS`
 in a child, kills it with SIGKILL once `kill_after` seconds have passed (if it still runs), and
 answers `{"code": EXIT_CODE, "killed": BOOL, "seconds": FLOAT}` (a killed child's code is -9).
 The parent never runs a torch operation, so each child starts torch's thread pools afresh.
@@ -22,6 +22,10 @@ from pathlib import Path
 
 def _child(request: dict) -> None:
     os.chdir(request["cwd"])
+    if request.get("fsize"):  # a real file-size limit (ulimit -f) for this command
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (request["fsize"], request["fsize"]))
     fd = os.open(request.get("log") or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -106,10 +110,15 @@ class ForkServer:
         assert json.loads(self.proc.stdout.readline()) == {"ready": True}
 
     def run(
-        self, args: list, cwd: Path, kill_after: float | None = None, log: Path | None = None
+        self,
+        args: list,
+        cwd: Path,
+        kill_after: float | None = None,
+        log: Path | None = None,
+        fsize: int | None = None,
     ) -> dict:
         request = {"args": [str(a) for a in args], "cwd": str(cwd), "kill_after": kill_after}
-        request["log"] = str(log) if log else None
+        request.update(log=str(log) if log else None, fsize=fsize)
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
