@@ -151,9 +151,7 @@ def test_convert_overwrite_killed_anywhere_keeps_the_old_or_the_new_store(server
     kill_at_random(server, tmp_path, out, args, lambda: digest(out) == old, is_new, restore, 1)
 
 
-def test_rollout_overwrite_killed_anywhere_keeps_the_old_or_the_new_store(
-    server, tmp_path, data
-):
+def test_rollout_overwrite_killed_anywhere_keeps_the_old_or_the_new_store(server, tmp_path, data):
     ckpt = tmp_path / "model.pt"
     make_checkpoint(data, ckpt)
     out = tmp_path / "fc.zarr"
@@ -180,9 +178,7 @@ def test_rollout_overwrite_killed_anywhere_keeps_the_old_or_the_new_store(
     kill_at_random(server, tmp_path, out, args, lambda: digest(out) == old, is_new, restore, 2)
 
 
-def test_evaluate_overwrite_killed_anywhere_keeps_the_old_or_the_new_scores(
-    server, tmp_path, data
-):
+def test_evaluate_overwrite_killed_anywhere_keeps_the_old_or_the_new_scores(server, tmp_path, data):
     ckpt = tmp_path / "model.pt"
     make_checkpoint(data, ckpt)
     for steps, name in ((3, "a.zarr"), (5, "b.zarr")):
