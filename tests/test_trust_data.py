@@ -61,6 +61,18 @@ def trains(*args, out: Path) -> None:
     assert (out / "model.pt").is_file()
 
 
+# --- validation that scores nothing -------------------------------------------------------------
+
+
+def test_a_validation_period_without_a_valid_value_is_an_error_not_an_rmse_of_zero(tmp_path):
+    ds = data()
+    ds["z"].values[18:] = np.nan  # the whole validation period of z is missing
+    ds.to_netcdf(tmp_path / "gap.nc")
+    line = refused_train(tmp_path / "gap.nc", *PERIODS, out=tmp_path / "run")
+    assert "validation windows hold no valid (non-NaN) value of 'z'" in line
+    assert not (tmp_path / "run").exists()
+
+
 # --- non-finite and overflowing values ----------------------------------------------------------
 
 
@@ -105,7 +117,7 @@ def test_a_corrupted_block_read_lazily_for_validation_fails_training_in_one_line
     )
     assert "corrupt.zarr: variable 'z' at time 2000-01-26 holds 3e+38" in line
     assert "overflow float32 arithmetic" in line
-    assert not any((out / name).exists() for name in ("model.pt", "last.pt", "summary.json"))
+    assert not out.exists()  # a run that fails before its first checkpoint leaves nothing
 
 
 def test_a_corrupted_block_read_lazily_for_the_statistics_fails_before_the_run_starts(tmp_path):

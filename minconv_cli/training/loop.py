@@ -580,6 +580,10 @@ def _train(run: _Run) -> TrainResult:
     try:
         with _stop_on_signals() as flag:
             status = run.run(flag)
+    except BaseException:
+        if run.info.is_main:
+            run.run_dir.abandon()
+        raise
     finally:
         if run.reporter:
             run.reporter.end()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -95,6 +96,16 @@ class RunDir:
             if self.replacing and not resume:
                 remove(self.work)  # an earlier, interrupted replacement
             self.work.mkdir(parents=True, exist_ok=True)
+
+    def abandon(self) -> None:
+        """A run that fails before its first checkpoint leaves nothing behind: the files it wrote
+        go, and so does its folder when that is left empty. A run with a last.pt is kept (resumable)."""
+        if self.last.exists():
+            return
+        for name in RUN_FILES:
+            (self.work / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.work.rmdir()  # only when empty
 
     def complete(self) -> None:
         """The run has ended: check its files read back, then (when it replaces an older run) swap

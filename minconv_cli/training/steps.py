@@ -10,6 +10,7 @@ import torch
 
 from minconv_cli.config import TrainConfig
 from minconv_cli.data import Normalizer
+from minconv_cli.errors import MinconvError
 from minconv_cli.precision import autocast
 from minconv_cli.training.distributed import Dist, all_reduce_sum
 
@@ -151,18 +152,29 @@ def validate(
         windows += inputs.shape[0]
     for t in (model_se, counts, persist_se, windows):
         all_reduce_sum(t, info)
-    lead_counts = counts[context - 1 :].clamp_min(1)
+    empty = [name for name, n in zip(channels, counts.sum(0).tolist(), strict=True) if n == 0]
+    if empty:  # an RMSE over no cells is no score (and never 0)
+        raise MinconvError(
+            f"validation: the validation windows hold no valid (non-NaN) value of "
+            f"{', '.join(map(repr, empty))}; choose a --val-period with data"
+        )
+    lead_counts = counts[context - 1 :]
     return Validation(
         channels=channels,
         std=torch.as_tensor(normalizer.std, dtype=torch.float64),
-        rmse_tf=(model_se[:context].sum(0) / counts[:context].sum(0).clamp_min(1)).sqrt(),
-        rmse_cl=(model_se[context:].sum(0) / counts[context:].sum(0).clamp_min(1)).sqrt()
+        rmse_tf=_rms(model_se[:context].sum(0), counts[:context].sum(0)),
+        rmse_cl=_rms(model_se[context:].sum(0), counts[context:].sum(0))
         if horizon
         else torch.full((n_ch,), float("nan"), dtype=torch.float64),
-        persistence_cl=(persist_se[1:].sum(0) / counts[context:].sum(0).clamp_min(1)).sqrt()
+        persistence_cl=_rms(persist_se[1:].sum(0), counts[context:].sum(0))
         if horizon
-        else (persist_se[0] / lead_counts[0]).sqrt(),
-        rmse_by_lead=(model_se[context - 1 :] / lead_counts).sqrt(),
-        persistence_by_lead=(persist_se / lead_counts).sqrt(),
+        else _rms(persist_se[0], lead_counts[0]),
+        rmse_by_lead=_rms(model_se[context - 1 :], lead_counts),
+        persistence_by_lead=_rms(persist_se, lead_counts),
         windows=int(windows.item()),
     )
+
+
+def _rms(squares: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """sqrt(sum / count), NaN where nothing was counted."""
+    return torch.where(counts > 0, squares / counts.clamp_min(1), float("nan")).sqrt()
