@@ -342,13 +342,19 @@ def write_failure(path: Path, err: BaseException) -> MinconvError:
 
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """Turn any failure of the writes in the block into `write_failure(path, ...)`."""
+    """Turn a failed write in the block into `write_failure(path, ...)`: an OSError, or any error
+    of a library that lost the OS error on the way (`NetCDF: HDF error`, torch's `file write
+    failed`) when the file system tells why. Other errors pass unchanged."""
     try:
         yield
     except MinconvError:
         raise
-    except Exception as err:
+    except OSError as err:
         raise write_failure(path, err) from None
+    except Exception as err:
+        if os_cause(err) or fs_cause(Path(path)):
+            raise write_failure(path, err) from None
+        raise
 
 
 def dask_progress(report: Progress | None, every: int = 1) -> contextlib.AbstractContextManager:
