@@ -141,7 +141,9 @@ def convert(
         compressed=src_fmt != "netcdf",
     )
     ds = _chunk(ds, dst, fmt, chunks or {})
-    _write_atomically(ds, dst, fmt, target_zarr, overwrite, progress)
+    with output_lock(dst):  # one writer per output
+        recover(dst)  # what a killed run left beside it
+        _write_atomically(ds, dst, fmt, target_zarr, overwrite, progress)
     return summary(dst, fmt, target_zarr if fmt == "zarr" else None, ds)
 
 
@@ -392,20 +394,8 @@ def _write_atomically(
     progress: Progress | None,
 ) -> None:
     """Write to a hidden temporary sibling, check it, then put it in place of `dst` (`commit`: a
-    kill at any moment leaves the old or the new `dst`); nothing is left behind on failure."""
-    with output_lock(dst):  # one writer per output
-        recover(dst)  # what a killed run left beside it
-        _write_beside(ds, dst, fmt, zarr_format, overwrite, progress)
-
-
-def _write_beside(
-    ds: xr.Dataset,
-    dst: Path,
-    fmt: str,
-    zarr_format: int,
-    overwrite: bool,
-    progress: Progress | None,
-) -> None:
+    kill at any moment leaves the old or the new `dst`); nothing is left behind on failure.
+    Call it holding `output_lock(dst)`."""
     import dask
 
     tmp = sibling(dst)

@@ -9,7 +9,6 @@ exactly the complete new one; the next run on it clears what the killed one left
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -21,6 +20,7 @@ import xarray as xr
 from factories import latlon_dataset
 from forkserver import ForkServer
 from test_rollout import make_checkpoint
+from test_rollout import tree_digest as digest
 
 TRIALS = 20  # the issue asks for at least 20 kills of each command
 pytestmark = pytest.mark.slow
@@ -31,16 +31,6 @@ def server() -> Iterator[ForkServer]:
     s = ForkServer()
     yield s
     s.close()
-
-
-def digest(path: Path) -> str:
-    """Hash of every file's relative name and bytes under `path` (or of the file)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def leftovers(out: Path) -> list[str]:

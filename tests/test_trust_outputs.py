@@ -60,6 +60,19 @@ def checkpoint(tmp_path: Path, data: Path) -> Path:
     return path
 
 
+@pytest.fixture()
+def writers_inputs(tmp_path: Path, data: Path, checkpoint: Path) -> tuple[Path, Path, Path]:
+    """(a 32x64 data file, an untrained checkpoint for it, a small forecast store of `data`):
+    inputs whose outputs are large enough to fill a tiny disk or pass a file-size limit."""
+    big = tmp_path / "big.nc"
+    latlon_dataset(n_time=200, n_lat=32, n_lon=64).to_netcdf(big)
+    store = tmp_path / "fc.zarr"
+    assert invoke("rollout", checkpoint, data, "--steps", 2, "--out", store, "-q").exit_code == 0
+    big_ckpt = tmp_path / "big.pt"
+    make_checkpoint(big, big_ckpt)
+    return big, big_ckpt, store
+
+
 def _long(folder: Path) -> Path:
     """Data long enough for the default training and validation splits of TINY's windows."""
     path = folder / "long.nc"
@@ -116,14 +129,9 @@ def test_a_read_only_output_folder_is_one_line_for_every_command(
 
 
 def test_a_full_disk_is_one_line_naming_the_output_and_no_space(
-    tmp_path, data, checkpoint, full_disk
+    tmp_path, data, writers_inputs, full_disk
 ):
-    big = tmp_path / "big.nc"
-    latlon_dataset(n_time=200, n_lat=32, n_lon=64).to_netcdf(big)
-    store = tmp_path / "fc.zarr"
-    assert invoke("rollout", checkpoint, data, "--steps", 2, "--out", store, "-q").exit_code == 0
-    big_ckpt = tmp_path / "big.pt"
-    make_checkpoint(big, big_ckpt)
+    big, big_ckpt, store = writers_inputs
     cases = [
         ("convert", big, full_disk / "x.nc"),
         ("convert", big, full_disk / "x.zarr"),
@@ -138,13 +146,8 @@ def test_a_full_disk_is_one_line_naming_the_output_and_no_space(
         assert [p.name for p in full_disk.iterdir() if p.name.startswith(".")] == []
 
 
-def test_a_file_size_limit_is_one_line_not_a_traceback(tmp_path, data, checkpoint):
-    big = tmp_path / "big.nc"
-    latlon_dataset(n_time=100, n_lat=32, n_lon=64).to_netcdf(big)
-    store = tmp_path / "fc.zarr"
-    assert invoke("rollout", checkpoint, data, "--steps", 2, "--out", store, "-q").exit_code == 0
-    big_ckpt = tmp_path / "big.pt"
-    make_checkpoint(big, big_ckpt)
+def test_a_file_size_limit_is_one_line_not_a_traceback(tmp_path, data, writers_inputs):
+    big, big_ckpt, store = writers_inputs
     limited = tmp_path / "limited"
     cases = {
         limited / "copy.nc": ("convert", big, limited / "copy.nc"),
@@ -248,6 +251,16 @@ def test_two_rollouts_into_one_store_at_once_never_both_write(tmp_path, data, ch
 # --------------------------------------------------------------------------- interrupted work
 
 
+def _spawn(*args: object, stderr: int | None = subprocess.PIPE) -> subprocess.Popen:
+    """`minconv ARGS` in a real process (one thread), its stderr as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "minconv_cli", *map(str, args)],
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
     start = time.monotonic()
     while not ready():
@@ -266,11 +279,7 @@ def test_a_killed_rollout_overwrite_is_continued_by_resume_and_then_replaces_the
     old = xr.open_zarr(out).load()
     partial = sibling(out, "minconv-partial", unique=False)
     args = ["rollout", checkpoint, data, "--steps", 4, "--out", out, "-q", "--batch-size", 1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minconv_cli", *map(str, args), "--overwrite"],
-        stderr=subprocess.PIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = _spawn(*args, "--overwrite")
 
     def some_written() -> bool:
         try:
@@ -293,11 +302,7 @@ def test_a_killed_convert_leaves_nothing_that_the_next_run_keeps(tmp_path):
     src = tmp_path / "big.nc"
     latlon_dataset(n_time=400, n_lat=16, n_lon=32).to_netcdf(src)
     out = tmp_path / "copy.zarr"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minconv_cli", "convert", str(src), str(out), "-q"]
-        + ["--chunks", "time=1"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = _spawn("convert", src, out, "-q", "--chunks", "time=1", stderr=None)
 
     def temp_written() -> bool:
         temps = list(tmp_path.glob(".copy.zarr.tmp-*"))
@@ -312,12 +317,7 @@ def test_a_killed_convert_leaves_nothing_that_the_next_run_keeps(tmp_path):
 def test_a_store_removed_while_rollout_writes_is_an_error_not_exit_0(tmp_path, data, checkpoint):
     out = tmp_path / "fc.zarr"
     args = ["rollout", str(checkpoint), str(data), "--steps", "4", "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minconv_cli", *args, "-q", "--batch-size", "1"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = _spawn(*args, "-q", "--batch-size", "1")
     start = time.monotonic()
     while not (out / "z").exists():
         assert proc.poll() is None, proc.stderr.read()
@@ -338,12 +338,7 @@ def test_train_overwrite_interrupted_by_ctrl_c_keeps_the_old_run_and_resume_comp
     assert invoke(*base, "--seed", "0", "-q").exit_code == 0
     (out / "forecast.zarr").mkdir()
     old_model = (out / "model.pt").read_bytes()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minconv_cli", *map(str, base), "--seed", "1", "--overwrite"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = _spawn(*base, "--seed", "1", "--overwrite")
     partial = sibling(out, "minconv-partial", unique=False)
     start = time.monotonic()
     while not (partial / "config.yaml").exists():
@@ -426,13 +421,7 @@ def test_a_convert_whose_output_is_removed_while_writing_is_an_error_not_exit_0(
     src = tmp_path / "big.nc"
     latlon_dataset(n_time=600, n_lat=16, n_lon=32).to_netcdf(src)
     out = tmp_path / "copy.zarr"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minconv_cli", "convert", str(src), str(out), "-q"]
-        + ["--chunks", "time=1"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = _spawn("convert", src, out, "-q", "--chunks", "time=1")
     start = time.monotonic()
     while True:
         temps = list(tmp_path.glob(".copy.zarr.tmp-*"))
