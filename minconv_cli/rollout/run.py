@@ -21,7 +21,7 @@ from minconv_cli.data import Fields, Normalizer, split_fields
 from minconv_cli.data.remote import as_source, is_url, local_path
 from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.errors import MinconvError
-from minconv_cli.files import Progress, output_lock, recover, resolve_device
+from minconv_cli.files import PARTIAL, Progress, output_lock, recover, resolve_device, sibling
 from minconv_cli.rollout.forecast_loop import forecast
 from minconv_cli.rollout.init_times import select_init_times, time_labels
 from minconv_cli.store import (
@@ -152,8 +152,10 @@ def rollout(
         _check_request(steps, batch_size, zarr_format, mode, out, data)
         dev = resolve_device(device)
         keep_freed_memory()
-        if precision == "auto" and mode == "resume" and out.exists():
-            precision = stored_precision(out)
+        if precision == "auto" and mode == "resume":  # the store an --overwrite left, or out
+            partial = sibling(out, PARTIAL, unique=False)
+            existing = partial if partial.exists() else out
+            precision = stored_precision(existing) if existing.exists() else precision
         precision = resolve_precision(precision, dev, "--precision")
         loads = _load_checkpoints(paths, dev)
         context = _context(loads, context, step_noise)
