@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.errors import MinconvError, check_apart, check_not_blank, check_unique
 from minconv_cli.models.network import PREDICTS
 from minconv_cli.models.padding import PADDINGS
 from minconv_cli.models.spec import NORM_CHOICES, ModelSpec
@@ -353,13 +353,12 @@ def validate(config: Config, source: str = "config") -> Config:
         if not ok:
             raise MinconvError(f"{source}: {key}: {message}")
     for key in ("variables", "static"):
-        names = getattr(config.data, key) or []
-        twice = [n for i, n in enumerate(names) if n in names[:i]]
-        if twice:
-            raise MinconvError(f"{source}: data.{key}: {twice[0]!r} is given twice")
-    both = [n for n in config.data.variables or [] if n in (config.data.static or [])]
-    if both:
-        raise MinconvError(f"{source}: data.variables and data.static both name {both[0]!r}")
+        check_unique(getattr(config.data, key) or [], f"{source}: data.{key}")
+    check_apart(
+        config.data.variables or [],
+        config.data.static or [],
+        f"{source}: data.variables and data.static",
+    )
     if config.data.memory_limit is not None:
         from minconv_cli.data.memory import parse_size
 
@@ -404,9 +403,7 @@ def _check_periods(layer: dict, source: str) -> None:
     """An empty or blank period is refused (an unset shell variable?); null means the default."""
     data = layer.get("data") or {}
     for key in ("train_period", "val_period"):
-        value = data.get(key)
-        if isinstance(value, str) and not value.strip():
-            raise MinconvError(f"{source}: data.{key}: empty; an unset shell variable?")
+        check_not_blank(data.get(key), f"{source}: data.{key}")
 
 
 def config_from_dict(values: dict, source: str = "config") -> Config:

@@ -173,11 +173,6 @@ def _link_tree(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
-def swap_in(new: Path, out: Path) -> None:
-    """Replace `out` by the completed `new` (see `commit`)."""
-    commit(new, out)
-
-
 def recover(out: Path) -> list[Path]:
     """Finish or undo a `commit` that a kill interrupted, and remove what killed runs left beside
     `out` (temporary siblings, and inside a directory `out` temporary files); the paths removed.

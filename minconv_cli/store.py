@@ -252,18 +252,23 @@ def open_target(
     was building beside `out` if there is one, else `out` itself (after checking its settings).
     `overwrite` of an existing store: a new store beside it (`finish` swaps it in once complete).
     Else a new store at `out`."""
-    partial = sibling(out, PARTIAL, unique=False)
-    if mode == "resume":
-        for existing in (partial, out):
-            if existing.exists():
-                return existing, read_done(existing, settings)
+    if mode == "resume" and resume_target(out).exists():
+        existing = resume_target(out)
+        return existing, read_done(existing, settings)
     target = out
     if out.exists():  # overwrite: build beside it, swap in when complete
-        target = partial
+        target = sibling(out, PARTIAL, unique=False)
         remove(target)  # left by an interrupted overwrite
     with writing(target):
         create_store(template, encoding, target, zarr_format)
     return target, np.zeros(template[DONE].shape, dtype=bool)
+
+
+def resume_target(out: Path) -> Path:
+    """The store `--resume` continues: the one an interrupted `--overwrite` was building beside
+    `out`, if there is one, else `out`."""
+    partial = sibling(out, PARTIAL, unique=False)
+    return partial if partial.exists() else out
 
 
 def finish(target: Path, out: Path) -> None:

@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from minconv_cli.commands._common import console, print_json, user_errors
+from minconv_cli.errors import check_apart, check_not_blank, check_unique
 
 
 def _names(values: list[str] | None, option: str) -> list[str] | None:
@@ -28,20 +29,13 @@ def _names(values: list[str] | None, option: str) -> list[str] | None:
     if not values:
         return None
     names = [n.strip() for v in values for n in v.split(",") if n.strip()]
-    twice = [n for i, n in enumerate(names) if n in names[:i]]
-    if twice:
-        from minconv_cli.errors import MinconvError
-
-        raise MinconvError(f"{option}: {twice[0]!r} is given twice")
+    check_unique(names, option)
     return names
 
 
 def _period(value: str | None, option: str) -> str | None:
     """A period option as given; an empty or blank one is refused (an unset shell variable?)."""
-    if value is not None and not value.strip():
-        from minconv_cli.errors import MinconvError
-
-        raise MinconvError(f"{option}: empty; an unset shell variable?")
+    check_not_blank(value, option)
     return value
 
 
@@ -259,9 +253,7 @@ def train(
     if resume and out is None:
         raise MinconvError("--resume: needs --out RUN_DIR (the run to continue)")
     names, statics = _names(variables, "--variables"), _names(static, "--static")
-    both = [n for n in names or [] if n in (statics or [])]
-    if both:
-        raise MinconvError(f"--variables and --static: {both[0]!r} is given in both")
+    check_apart(names or [], statics or [], "--variables and --static")
     options = {
         "data.paths": [str(as_source(p)) for p in data] if data else None,
         "data.variables": names,

@@ -57,9 +57,9 @@ class Where:
     def time(self, t: int | None) -> str:
         if t is None or self.times is None:
             return ""
-        from minconv_cli.data.integrity import _label
+        from minconv_cli.data.timeaxis import short_time
 
-        return f" at time {_label(self.times[t])}"
+        return f" at time {short_time(self.times[t])}"
 
 
 def _extremes(values: np.ndarray) -> tuple[float, float]:

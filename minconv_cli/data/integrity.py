@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.data.timeaxis import short_time
 from minconv_cli.errors import MinconvError
 
 ALLOW_OPTION = "--allow-missing-chunks"
@@ -85,17 +86,11 @@ def describe(ds: xr.Dataset, region: dict[str, slice]) -> str:
             continue  # the chunk spans the whole axis: nothing to say
         if dim in ds.coords and ds[dim].ndim == 1:
             values = np.asarray(ds[dim].values[sl])
-            first, last = _label(values[0]), _label(values[-1])
+            first, last = short_time(values[0]), short_time(values[-1])
             parts.append(f"{dim} {first}" if first == last else f"{dim} {first} to {last}")
         else:
             parts.append(f"{dim} {sl.start}:{sl.stop}")
     return ", ".join(parts) or "the whole array (one chunk)"
-
-
-def _label(value: Any) -> str:
-    if isinstance(value, np.datetime64):
-        return str(np.datetime_as_string(value, unit="s")).replace("T00:00:00", "")
-    return str(value)
 
 
 def check_chunks(

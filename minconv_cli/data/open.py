@@ -23,7 +23,7 @@ from minconv_cli.data.integrity import check_chunks
 from minconv_cli.data.memory import fits_in_memory, memory_budget
 from minconv_cli.data.remote import as_source, detect_url_format, is_url, open_url
 from minconv_cli.data.timeaxis import detect_step, spacings
-from minconv_cli.errors import MinconvError
+from minconv_cli.errors import MinconvError, check_apart, check_unique
 
 LOAD_BELOW_BYTES: int | None = None  # a fixed load threshold (tests); None: from the memory budget
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
@@ -242,12 +242,8 @@ def open_fields(
 def _check_unique(variables: Sequence[str] | None, static: Sequence[str]) -> None:
     """Each name once: in `variables`, in `static`, and not in both."""
     for what, names in (("variables", variables or []), ("static", static)):
-        twice = [n for i, n in enumerate(names) if n in names[:i]]
-        if twice:
-            raise MinconvError(f"{what}: {twice[0]!r} is given twice")
-    both = [n for n in variables or [] if n in static]
-    if both:
-        raise MinconvError(f"{both[0]!r} is given both as a variable and as a static")
+        check_unique(names, what)
+    check_apart(variables or [], static, "variables and static")
 
 
 def _check_values(

@@ -9,7 +9,7 @@ import numpy as np
 
 from minconv_cli.data import timeaxis
 from minconv_cli.data.fields import Fields
-from minconv_cli.errors import MinconvError
+from minconv_cli.errors import MinconvError, check_not_blank
 
 _FRACTION = re.compile(r"^\s*(\d*\.?\d*)\s*:\s*(\d*\.?\d*)\s*$")
 
@@ -25,8 +25,7 @@ def split_fields(fields: Fields, spec: str) -> Fields:
 def split_selection(fields: Fields, spec: str) -> tuple[str, np.ndarray | slice]:
     """(dim, the positions or slice along it) that the split `spec` keeps of `fields`."""
     spec = str(spec).strip()
-    if not spec:
-        raise MinconvError("split '': empty; an unset shell variable?")
+    check_not_blank(spec, "split ''")
     if "/" in spec:
         return fields.time_dim, _time_range(fields, spec)
     if "=" in spec:
@@ -59,10 +58,10 @@ def split_overlap(fields: Fields, a: str, b: str) -> dict[str, np.ndarray] | Non
 def describe_positions(fields: Fields, dim: str, index: np.ndarray) -> str:
     """`9 time values from 2000-01-20 to 2000-01-28`: positions along `dim`, by coordinate value
     where it has one."""
-    from minconv_cli.data.integrity import _label
+    from minconv_cli.data.timeaxis import short_time
 
     values = fields.ds[dim].values[index] if dim in fields.ds.coords else index
-    first, last = _label(values[0]), _label(values[-1])
+    first, last = short_time(values[0]), short_time(values[-1])
     if len(index) == 1:
         return f"{dim} {first}"
     return f"{len(index)} {dim} values from {first} to {last}"

@@ -399,6 +399,14 @@ def format_step(step: Any) -> str:
     return f"{float(step):g}"
 
 
+def short_time(value: Any) -> str:
+    """A time for messages about places in data: a datetime's date alone at midnight
+    (`2000-01-06`), else to the second; cftime dates and numbers as `str`."""
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="s")).replace("T00:00:00", "")
+    return str(value)
+
+
 def format_time(value: Any) -> str:
     """A time for messages: a Timestamp's text, a cftime date's, or the number."""
     if isinstance(value, np.datetime64):

@@ -20,8 +20,8 @@ from minconv_cli.checkpoint import GridOrder, LoadedCheckpoint
 from minconv_cli.data import Fields, Normalizer, split_fields
 from minconv_cli.data.remote import as_source, is_url, local_path
 from minconv_cli.data.timeaxis import CalendarStep
-from minconv_cli.errors import MinconvError
-from minconv_cli.files import PARTIAL, Progress, output_lock, recover, resolve_device, sibling
+from minconv_cli.errors import MinconvError, check_not_blank
+from minconv_cli.files import Progress, output_lock, recover, resolve_device
 from minconv_cli.rollout.forecast_loop import forecast
 from minconv_cli.rollout.init_times import select_init_times, time_labels
 from minconv_cli.store import (
@@ -31,6 +31,7 @@ from minconv_cli.store import (
     StoreWriter,
     finish,
     open_target,
+    resume_target,
     store_template,
     stored_precision,
 )
@@ -139,8 +140,7 @@ def rollout(
     from minconv_cli.precision import resolve_precision
 
     started = time.perf_counter()
-    if subset is not None and not subset.strip():
-        raise MinconvError("--subset: empty; an unset shell variable?")
+    check_not_blank(subset, "--subset")
     names = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     paths = [local_path(c, "CHECKPOINT") for c in names]
     out, data = local_path(out, "--out"), [as_source(p) for p in data]
@@ -152,10 +152,8 @@ def rollout(
         _check_request(steps, batch_size, zarr_format, mode, out, data)
         dev = resolve_device(device)
         keep_freed_memory()
-        if precision == "auto" and mode == "resume":  # the store an --overwrite left, or out
-            partial = sibling(out, PARTIAL, unique=False)
-            existing = partial if partial.exists() else out
-            precision = stored_precision(existing) if existing.exists() else precision
+        if precision == "auto" and mode == "resume" and resume_target(out).exists():
+            precision = stored_precision(resume_target(out))
         precision = resolve_precision(precision, dev, "--precision")
         loads = _load_checkpoints(paths, dev)
         context = _context(loads, context, step_noise)
