@@ -1,4 +1,4 @@
-"""Training-step time and page faults with and without `minconv_cli.allocator.keep_freed_memory`.
+"""Training-step time and page faults with and without `minconv_cli.core.allocator.keep_freed_memory`.
 
 The setting is process-wide, so each (setting, case, chunk length) runs in a fresh process; the
 processes alternate round-robin so both settings see the same machine load. Each reports the
@@ -29,8 +29,8 @@ CHILD = """
 import json, resource, statistics, sys, time, torch
 sys.path.insert(0, {bench!r})
 from train_step import make_case, train_step
-from minconv_cli.allocator import keep_freed_memory
-from minconv_cli.precision import resolve_precision
+from minconv_cli.core.allocator import keep_freed_memory
+from minconv_cli.core.precision import resolve_precision
 applied = keep_freed_memory() if {keep} else False
 torch.set_num_threads({threads})
 case = make_case({model!r}, {grid}, {batch}, 25, 20, {{"time_chunk": {chunk}}},

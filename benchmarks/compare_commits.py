@@ -30,10 +30,10 @@ CHILD = """
 import json, sys, time, torch
 sys.path.insert(0, {bench!r})
 from train_step import make_case, train_step
-from minconv_cli.precision import resolve_precision
+from minconv_cli.core.precision import resolve_precision
 torch.set_num_threads({threads})
 try:  # this tree sets the allocator as the CLI does; trees before it had no such module
-    from minconv_cli.allocator import keep_freed_memory
+    from minconv_cli.core.allocator import keep_freed_memory
     keep_freed_memory()
 except ImportError:
     pass

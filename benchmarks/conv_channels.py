@@ -22,9 +22,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from minconv_cli.allocator import keep_freed_memory
+from minconv_cli.core.allocator import keep_freed_memory
+from minconv_cli.core.precision import autocast
 from minconv_cli.models import count_parameters, create_model
-from minconv_cli.precision import autocast
 
 RESULTS = Path(__file__).parent / "results"
 CONVS = [(49, 98), (48, 96), (49, 112), (64, 112), (56, 112), (64, 128)]

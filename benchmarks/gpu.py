@@ -40,7 +40,7 @@ from rich.table import Table
 
 from minconv_cli.models import MODEL_NAMES, count_parameters, create_model
 from minconv_cli.models.gates import fused_backend, g, gated_recurrence
-from minconv_cli.scan import linear_recurrence
+from minconv_cli.models.scan import linear_recurrence
 
 RESULT = Path(__file__).parent / "results" / "gpu.json"
 PAPER_WIDTHS = {

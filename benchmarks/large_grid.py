@@ -25,9 +25,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from minconv_cli.config import resolve_config
 from minconv_cli.models import count_parameters
 from minconv_cli.training import build_model
+from minconv_cli.training.config import resolve_config
 from minconv_cli.training.data import prepare_data
 from minconv_cli.training.steps import training_loss
 

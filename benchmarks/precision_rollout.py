@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minconv_cli.checkpoint import load_checkpoint
 from minconv_cli.data import Normalizer, open_fields, split_fields
+from minconv_cli.data.sample import sample_path
+from minconv_cli.models.checkpoint import load_checkpoint
 from minconv_cli.rollout import forecast
-from minconv_cli.sample import sample_path
 
 RESULT = Path(__file__).parent / "results" / "precision_rollout.json"
 

@@ -26,9 +26,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from minconv_cli.checkpoint import data_meta, save_checkpoint
 from minconv_cli.data import Normalizer, open_fields
 from minconv_cli.models import MODEL_NAMES, count_parameters, create_model, width_for_params
+from minconv_cli.models.checkpoint import data_meta, save_checkpoint
 from minconv_cli.rollout import rollout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from minconv_cli.commands.train import RichReporter
-from minconv_cli.config import resolve_config
 from minconv_cli.training import build_model, train_model
+from minconv_cli.training.config import resolve_config
 from minconv_cli.training.data import prepare_data
 from minconv_cli.training.distributed import Dist, setup
 from minconv_cli.training.steps import training_loss, validate

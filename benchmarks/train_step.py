@@ -31,11 +31,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from minconv_cli.allocator import keep_freed_memory
+from minconv_cli.core.allocator import keep_freed_memory
+from minconv_cli.core.precision import autocast, native_bf16, resolve_precision
 from minconv_cli.models import MODEL_NAMES, count_parameters, create_model
 from minconv_cli.models.gates import gated_recurrence
-from minconv_cli.precision import autocast, native_bf16, resolve_precision
-from minconv_cli.scan import linear_recurrence
+from minconv_cli.models.scan import linear_recurrence
 
 # the paper's widths at ~175k parameters, 4 layers (16x16 LayerNorm; at 64x64 LayerNorm adds 2*H*W per layer)
 PAPER_WIDTHS = {

@@ -84,7 +84,7 @@ def main() -> None:
     list_chunkmanagers()  # xarray finds its chunk managers (dask) once, not in every child
 
     import minconv_cli.cli  # noqa: F401
-    import minconv_cli.convert  # noqa: F401
+    import minconv_cli.data.convert  # noqa: F401
     import minconv_cli.evaluate  # noqa: F401
     import minconv_cli.rollout  # noqa: F401
     import minconv_cli.training  # noqa: F401

@@ -12,7 +12,7 @@ import pytest
 
 PROBE = """
 import resource, torch
-from minconv_cli.allocator import keep_freed_memory
+from minconv_cli.core.allocator import keep_freed_memory
 print(keep_freed_memory())
 for mb in (4, 16, 64, 256):  # activations of growing sizes, as in training steps
     n = (mb << 20) // 4

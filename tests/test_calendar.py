@@ -13,10 +13,10 @@ from factories import latlon_dataset, monthly_dataset
 from typer.testing import CliRunner
 
 from minconv_cli.cli import app
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import WindowDataset, open_fields, split_fields
 from minconv_cli.data.normalize import Normalizer
 from minconv_cli.data.timeaxis import CalendarStep, shift
-from minconv_cli.errors import MinconvError
 
 runner = CliRunner()
 TRAIN = ["--train-period", "1970-01-01/1971-12-31", "--val-period", "1972-01-01/1972-12-31"]
@@ -98,7 +98,7 @@ def monthly_run(request, tmp_path_factory):
 
 
 def test_checkpoint_records_the_calendar_step(monthly_run):
-    from minconv_cli.checkpoint import read_checkpoint
+    from minconv_cli.models.checkpoint import read_checkpoint
 
     _, meta = read_checkpoint(monthly_run["tmp"] / "run" / "model.pt")
     assert meta["time_step"] == "P1M"

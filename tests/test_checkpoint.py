@@ -13,16 +13,16 @@ import pytest
 import torch
 from factories import latlon_dataset, trajectory_dataset
 
-from minconv_cli.checkpoint import (
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.data import Normalizer, open_fields
+from minconv_cli.models import create_model
+from minconv_cli.models.checkpoint import (
     FORMAT,
     data_meta,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
-from minconv_cli.data import Normalizer, open_fields
-from minconv_cli.errors import MinconvError
-from minconv_cli.models import create_model
 
 
 def small_model(name: str = "minconvgru", **kw):

@@ -15,9 +15,9 @@ import xarray as xr
 import zarr
 from typer.testing import CliRunner
 
-from minconv_cli.checkpoint import load_checkpoint
 from minconv_cli.cli import app
 from minconv_cli.evaluate import evaluate
+from minconv_cli.models.checkpoint import load_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 runner = CliRunner()
@@ -116,7 +116,7 @@ def test_old_stores_are_completed_by_resume(tmp_path, case):
 def test_old_meta_converts_on_load_and_new_files_drop_the_copies(tmp_path):
     """Releases up to 0.1.0 also stored time_dim/sample_dims/level_dim/padding at the top level:
     read into the one place each belongs; a checkpoint written now stores them once."""
-    from minconv_cli.checkpoint import read_checkpoint, save_checkpoint
+    from minconv_cli.models.checkpoint import read_checkpoint, save_checkpoint
 
     raw, meta = read_checkpoint(FIXTURES / "traj_model.pt")
     assert "padding" in json.loads(raw["meta_json"])  # the old file has the copies
@@ -132,7 +132,7 @@ def test_old_meta_converts_on_load_and_new_files_drop_the_copies(tmp_path):
 
 
 def test_a_model_this_release_does_not_know_is_refused_naming_the_versions(tmp_path):
-    from minconv_cli.errors import MinconvError
+    from minconv_cli.core.errors import MinconvError
 
     raw = torch.load(FIXTURES / "traj_model.pt", weights_only=True)
     meta = json.loads(raw["meta_json"])

@@ -7,7 +7,8 @@ import warnings
 import pytest
 import yaml
 
-from minconv_cli.config import (
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.training.config import (
     SAMPLE_DEFAULTS,
     Config,
     DataConfig,
@@ -15,7 +16,6 @@ from minconv_cli.config import (
     parse_overrides,
     resolve_config,
 )
-from minconv_cli.errors import MinconvError
 
 
 def test_defaults_cover_every_section_and_round_trip_through_yaml(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from factories import latlon_dataset, trajectory_dataset
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Normalizer, open_fields, split_fields
-from minconv_cli.errors import MinconvError
 
 
 def test_stats_come_from_the_training_split_only(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 import xarray as xr
 from factories import latlon_dataset, trajectory_dataset
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import open_fields
-from minconv_cli.errors import MinconvError
 
 
 def weatherbench_style(n_time=6):

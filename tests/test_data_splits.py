@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from factories import latlon_dataset, trajectory_dataset
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import open_fields, split_fields
-from minconv_cli.errors import MinconvError
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import torch
 from test_data_windows import encoded, identity
 from torch.utils.data import DataLoader
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Normalizer, WindowDataset, open_fields
 from minconv_cli.data.memory import fits_in_memory, memory_budget, parse_size
 from minconv_cli.data.stream import BlockStream, plan_blocks, time_blocks, time_chunks
-from minconv_cli.errors import MinconvError
 
 LENGTH = 4
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import xarray as xr
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Normalizer, WindowDataset, open_fields, split_fields
-from minconv_cli.errors import MinconvError
 
 
 def encoded(n_traj=5, n_time=12, n=4, t0=0):

@@ -8,7 +8,7 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from minconv_cli.cli import app
-from minconv_cli.sample import sample_path
+from minconv_cli.data.sample import sample_path
 
 runner = CliRunner()
 

@@ -114,8 +114,8 @@ def test_several_checkpoints_split_the_members_in_blocks_each_with_its_control(s
 def test_step_noise_adds_the_models_own_one_step_errors_in_antithetic_pairs(setup):
     import torch
 
-    from minconv_cli.checkpoint import load_checkpoint
     from minconv_cli.data.normalize import Normalizer
+    from minconv_cli.models.checkpoint import load_checkpoint
 
     tmp, data = setup
     args = ("--members", 3, "--perturbation", 0, "--precision", "fp32", "--context", 6)
@@ -149,7 +149,7 @@ def test_step_noise_adds_the_models_own_one_step_errors_in_antithetic_pairs(setu
 
 
 def test_recentring_moves_each_blocks_perturbed_members_so_their_mean_is_the_control():
-    from minconv_cli.ensemble import EnsembleSpec, recentre_matrix
+    from minconv_cli.rollout.plan import EnsembleSpec, recentre_matrix
 
     spec = EnsembleSpec(members=7, checkpoints=2, perturbation=0, step_noise=1, recentre=True)
     members = [0, 1, 2, 3, 4, 5, 6]  # blocks: 0-3 (control 0), 4-6 (control 4)
@@ -351,8 +351,8 @@ def test_cli_scores_a_rollout_ensemble_with_spread_on_the_plot_and_a_rank_histog
 def test_the_training_loss_is_fair_crps_over_members_in_the_closed_loop(tmp_path):
     import torch
 
-    from minconv_cli.config import TrainConfig
     from minconv_cli.models import create_model
+    from minconv_cli.training.config import TrainConfig
     from minconv_cli.training.ensemble_loss import fair_crps
     from minconv_cli.training.steps import training_loss
 

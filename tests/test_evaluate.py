@@ -10,8 +10,8 @@ from factories import latlon_dataset, trajectory_dataset
 from typer.testing import CliRunner
 
 from minconv_cli.cli import app
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import open_fields
-from minconv_cli.errors import MinconvError
 from minconv_cli.evaluate import align, evaluate, open_forecast
 
 runner = CliRunner()

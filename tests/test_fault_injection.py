@@ -212,7 +212,7 @@ def test_train_overwrite_killed_anywhere_keeps_the_old_or_the_new_run(server, tm
     restore = saved(out, tmp_path / "old-run")
 
     def is_new() -> bool:
-        from minconv_cli.checkpoint import read_checkpoint
+        from minconv_cli.models.checkpoint import read_checkpoint
 
         try:
             summary = json.loads((out / "summary.json").read_text())

@@ -14,9 +14,9 @@ import yaml
 from factories import radar_dataset
 from typer.testing import CliRunner
 
-from minconv_cli.checkpoint import load_checkpoint
 from minconv_cli.cli import app
 from minconv_cli.models import count_parameters, create_model, widths_for_params
+from minconv_cli.models.checkpoint import load_checkpoint
 from minconv_cli.training.budget import Budget, spread
 
 runner = CliRunner()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from minconv_cli import metrics
+from minconv_cli.evaluate import metrics
 
 SPACE = ("y", "x")
 CASES = ("time",)

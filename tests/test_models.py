@@ -14,7 +14,7 @@ from minconv_cli.models import (
     widths_for_params,
 )
 from minconv_cli.models.gates import g, gated_recurrence, update_logit
-from minconv_cli.scan import linear_recurrence
+from minconv_cli.models.scan import linear_recurrence
 
 MIN_MODELS = ["minconvgru", "minconvlstm", "minconvexplstm"]
 GRID = (6, 8)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.precision import autocast, resolve_precision
 from minconv_cli.models import MODEL_NAMES, create_model
-from minconv_cli.precision import autocast, resolve_precision
 
 
 def cpu_has_native_bf16() -> bool:

@@ -19,8 +19,8 @@ import xarray as xr
 from factories import latlon_dataset
 from typer.testing import CliRunner
 
-from minconv_cli.checkpoint import load_checkpoint
 from minconv_cli.cli import app
+from minconv_cli.models.checkpoint import load_checkpoint
 
 runner = CliRunner()
 TRAIN = ["--context", "3", "--horizon", "2", "--epochs", "1", "--batch-size", "4", "--width", "4"]

@@ -21,11 +21,11 @@ import zarr
 from factories import latlon_dataset, trajectory_dataset
 from typer.testing import CliRunner
 
-from minconv_cli.checkpoint import save_checkpoint
 from minconv_cli.cli import app
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Normalizer, open_fields
-from minconv_cli.errors import MinconvError
 from minconv_cli.models import create_model
+from minconv_cli.models.checkpoint import save_checkpoint
 from minconv_cli.rollout import select_init_times
 
 runner = CliRunner()
@@ -37,7 +37,7 @@ def make_checkpoint(
     data: Path, path: Path, model: str = "minconvgru", context: int = CONTEXT, static=None
 ):
     """An untrained model with the checkpoint meta `minconv train` writes (plumbing needs no training)."""
-    from minconv_cli.checkpoint import data_meta
+    from minconv_cli.models.checkpoint import data_meta
 
     fields = open_fields(data, static=static)
     normalizer = Normalizer.fit(fields)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minconv_cli.scan import linear_recurrence
+from minconv_cli.models.scan import linear_recurrence
 
 BACKENDS = ["linear", "log", "auto"]
 

@@ -14,7 +14,7 @@ import xarray as xr
 from factories import trajectory_dataset
 from typer.testing import CliRunner
 
-from minconv_cli.sample import NAVIER_STOKES, sample_path
+from minconv_cli.data.sample import NAVIER_STOKES, sample_path
 from minconv_cli.simulate import (
     NavierStokes2D,
     SimulationConfig,

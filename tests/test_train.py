@@ -17,10 +17,10 @@ import yaml
 from factories import latlon_dataset, trajectory_dataset
 from typer.testing import CliRunner
 
-from minconv_cli.checkpoint import load_checkpoint, read_checkpoint
 from minconv_cli.cli import app
-from minconv_cli.config import resolve_config
 from minconv_cli.models import MODEL_NAMES
+from minconv_cli.models.checkpoint import load_checkpoint, read_checkpoint
+from minconv_cli.training.config import resolve_config
 from minconv_cli.training.loop import horizon_at
 
 runner = CliRunner()

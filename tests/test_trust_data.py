@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from minconv_cli.cli import app
 from minconv_cli.data import open_fields
+from minconv_cli.data.sample import sample_path
 from minconv_cli.data.splits import split_overlap
-from minconv_cli.sample import sample_path
 from minconv_cli.training.data import default_splits
 
 runner = CliRunner()

@@ -294,7 +294,7 @@ def test_a_chunk_missing_where_the_store_says_done_is_a_damaged_store_even_with_
 ):
     import zarr
 
-    from minconv_cli.store import EVERY_CHUNK_ATTR
+    from minconv_cli.rollout.store import EVERY_CHUNK_ATTR
 
     store = tmp_path / "ens.zarr"
     shutil.copytree(FIXTURES / "latlon_ensemble.zarr", store)

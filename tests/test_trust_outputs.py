@@ -27,7 +27,7 @@ from test_rollout import make_checkpoint
 from typer.testing import CliRunner
 
 from minconv_cli.cli import app
-from minconv_cli.files import commit, output_lock, recover, sibling
+from minconv_cli.core.files import commit, output_lock, recover, sibling
 
 runner = CliRunner()
 TINY = ["--epochs", "1", "--width", "4", "--layers", "1", "--context", "4", "--horizon", "2"]
@@ -192,7 +192,7 @@ def holder(tmp_path: Path) -> Iterator[callable]:
 
     def hold(path: Path) -> subprocess.Popen:
         code = (
-            "import sys, time; from pathlib import Path; from minconv_cli.files import output_lock\n"
+            "import sys, time; from pathlib import Path; from minconv_cli.core.files import output_lock\n"
             "with output_lock(Path(sys.argv[1]), 'minconv rollout (the other one)'):\n"
             "    print('held', flush=True); time.sleep(600)\n"
         )

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,7 +51,7 @@ def user_errors(func: F) -> F:
 
 def os_error_line(err: OSError) -> str:
     """`PATH: cause` for an OS error that no writer turned into its own line."""
-    from minconv_cli.files import os_cause
+    from minconv_cli.core.files import os_cause
 
     cause = os_cause(err) or " ".join(str(err).split())
     return f"{err.filename}: {cause}" if err.filename else cause

@@ -11,8 +11,8 @@ from minconv_cli.commands._common import console, print_json, user_errors
 
 
 def _ints(text: str | None, option: str) -> dict[str, int]:
-    from minconv_cli.convert import parse_mapping
-    from minconv_cli.errors import MinconvError
+    from minconv_cli.core.errors import MinconvError
+    from minconv_cli.data.convert import parse_mapping
 
     out = {}
     for key, value in parse_mapping(text, option).items():
@@ -88,8 +88,8 @@ def convert(
     ),
 ) -> None:
     """Convert between NetCDF and Zarr (v2/v3), or bring NumPy arrays in; select, coarsen, rechunk, rename."""
-    from minconv_cli.convert import convert as run_convert
-    from minconv_cli.convert import parse_mapping
+    from minconv_cli.data.convert import convert as run_convert
+    from minconv_cli.data.convert import parse_mapping
 
     options = dict(
         to=to,

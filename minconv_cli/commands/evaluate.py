@@ -66,10 +66,10 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
     """Score a forecast store against observations (RMSE, MAE, bias, ACC, relative L2, skill)."""
+    from minconv_cli.core.files import output_lock, recover
     from minconv_cli.data.remote import as_source, local_path
     from minconv_cli.evaluate import check_outputs, default_out_dir, write_reports
     from minconv_cli.evaluate import evaluate as run_evaluate
-    from minconv_cli.files import output_lock, recover
 
     source = as_source(forecast)
     out_dir = local_path(out, "--out") if out else default_out_dir(source)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
+from pathlib import Path
 
 import typer
 
 from minconv_cli.commands._common import console, print_json, progress_bar, user_errors
+from minconv_cli.core.errors import MinconvError
 
 
 @user_errors
@@ -99,9 +102,8 @@ def rollout(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Roll a trained model forward from initial conditions and write a WeatherBench 2-style Zarr forecast."""
+    from minconv_cli.core.errors import MinconvError
     from minconv_cli.data.remote import as_source, local_path
-    from minconv_cli.ensemble import split_checkpoints
-    from minconv_cli.errors import MinconvError
     from minconv_cli.rollout import rollout as run_rollout
 
     checkpoints, data = split_checkpoints(checkpoint, data)
@@ -164,3 +166,21 @@ def rollout(
             + ", "
             f"{result.steps} steps, {', '.join(result.variables)} in {result.seconds:.1f} s"
         )
+
+
+def is_checkpoint_path(path: str | Path) -> bool:
+    """A `.pt`/`.pth` file: a checkpoint written by `minconv train`, not data."""
+    return Path(path).suffix.lower() in (".pt", ".pth")
+
+
+def split_checkpoints(
+    checkpoint: str | Path, data: Sequence[str | Path]
+) -> tuple[list[str | Path], list[str | Path]]:
+    """`rollout A.pt [B.pt ...] DATA...`: the leading checkpoint files, then the data (as given)."""
+    ckpts, rest = [checkpoint], list(data)
+    while rest and is_checkpoint_path(rest[0]):
+        ckpts.append(rest.pop(0))
+    late = [str(p) for p in rest if is_checkpoint_path(p)]
+    if late:
+        raise MinconvError(f"{late[0]}: checkpoints must come before the data files")
+    return ckpts, rest

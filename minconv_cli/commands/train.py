@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from minconv_cli.commands._common import console, print_json, user_errors
-from minconv_cli.errors import check_apart, check_not_blank, check_unique
+from minconv_cli.core.errors import check_apart, check_not_blank, check_unique
 
 
 def _names(values: list[str] | None, option: str) -> list[str] | None:
@@ -238,11 +238,11 @@ def train(
 ) -> None:
     """Train a forecasting model; writes model.pt, last.pt, config.yaml, metrics.csv and summary.json."""
     started = time.monotonic()  # --max-time counts from here: loading torch and the data included
-    from minconv_cli.checkpoint import read_checkpoint
-    from minconv_cli.config import resolve_config
+    from minconv_cli.core.errors import MinconvError
     from minconv_cli.data.remote import as_source, local_path
-    from minconv_cli.errors import MinconvError
+    from minconv_cli.models.checkpoint import read_checkpoint
     from minconv_cli.training import train_model
+    from minconv_cli.training.config import resolve_config
     from minconv_cli.training.run_dir import RunDir
 
     out = None if out is None else local_path(out, "--out")

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import xarray as xr
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 
 ROLES = ("time", "y", "x", "level")
 NAMES = {

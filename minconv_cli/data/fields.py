@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import timeaxis
-from minconv_cli.errors import MinconvError
 
 
 @dataclass(frozen=True)

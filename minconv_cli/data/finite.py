@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 LIMIT = float(np.sqrt(FLOAT32_MAX))  # |x| above this: x * x is inf in float32

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data.timeaxis import short_time
-from minconv_cli.errors import MinconvError
 
 ALLOW_OPTION = "--allow-missing-chunks"
 

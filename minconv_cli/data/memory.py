@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 
 AUTO_SHARE = 0.5  # of the available memory, when no limit is configured
 IN_MEMORY_FACTOR = 5.0  # peak per float32 byte: values, frames, normalising temporaries, mask

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data.fields import Channel, Fields
-from minconv_cli.errors import MinconvError
 
 
 def _std_floor(mean: np.ndarray, std: np.ndarray) -> np.ndarray:

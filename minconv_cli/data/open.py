@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.core.errors import MinconvError, check_apart, check_unique
 from minconv_cli.data.dims import (
     default_padding,
     is_latitude,
@@ -23,7 +24,6 @@ from minconv_cli.data.integrity import check_chunks
 from minconv_cli.data.memory import fits_in_memory, memory_budget
 from minconv_cli.data.remote import as_source, detect_url_format, is_url, open_url
 from minconv_cli.data.timeaxis import detect_step, spacings
-from minconv_cli.errors import MinconvError, check_apart, check_unique
 
 LOAD_BELOW_BYTES: int | None = None  # a fixed load threshold (tests); None: from the memory budget
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")

@@ -17,7 +17,7 @@ from typing import Any
 
 import xarray as xr
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 
 # `scheme://...` (or a chained `simplecache::s3://...`, refused: zarr 3 cannot read through
 # one); two letters at least, so `C:/` stays a path.

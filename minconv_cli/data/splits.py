@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from minconv_cli.core.errors import MinconvError, check_not_blank
 from minconv_cli.data import timeaxis
 from minconv_cli.data.fields import Fields
-from minconv_cli.errors import MinconvError, check_not_blank
 
 _FRACTION = re.compile(r"^\s*(\d*\.?\d*)\s*:\s*(\d*\.?\d*)\s*$")
 

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data.fields import Fields
 from minconv_cli.data.normalize import Normalizer
-from minconv_cli.errors import MinconvError
 
 
 def window_starts(fields: Fields, length: int, stride: int = 1) -> np.ndarray:

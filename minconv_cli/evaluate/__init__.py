@@ -4,14 +4,14 @@
 done flags against the stored chunks), `cases` (the one set of cells every forecast and
 reference is scored on, and the cases dropped by reason), `climatology` (the climatology
 reference), `scoring` (the metrics, reduced chunk-wise with dask, and the score table), `reports`
-(the files), `plots` (the figure); the store layout itself is `minconv_cli.store`.
+(the files), `plots` (the figure); the store layout itself is `minconv_cli.rollout.store`.
 """
 
 from minconv_cli.evaluate.align import Aligned, align, to_forecast_grid
 from minconv_cli.evaluate.labels import format_lead, lead_hours
 from minconv_cli.evaluate.reports import check_outputs, default_out_dir, write_reports
 from minconv_cli.evaluate.scoring import METRICS, REFERENCES, Scores, evaluate, parse_compare
-from minconv_cli.store import ForecastStore, open_forecast
+from minconv_cli.rollout.store import ForecastStore, open_forecast
 
 __all__ = [
     "METRICS",

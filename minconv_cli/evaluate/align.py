@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Fields, timeaxis
-from minconv_cli.errors import MinconvError
 from minconv_cli.evaluate.labels import label, lead_span, span
-from minconv_cli.store import DONE, INIT_DIM, LEAD_DIM, MEMBER_DIM, VALID, ForecastStore
+from minconv_cli.rollout.store import DONE, INIT_DIM, LEAD_DIM, MEMBER_DIM, VALID, ForecastStore
 
 TRUTH_TIME = "_truth_time"
 LOAD_BELOW_BYTES = 128 * 2**20  # forecasts smaller than this are scored in memory

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import xarray as xr
 
 from minconv_cli.evaluate.align import Aligned
-from minconv_cli.store import MEMBER_DIM
+from minconv_cli.rollout.store import MEMBER_DIM
 
 REASONS = {
     "outside": "outside the truth",

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data.integrity import check_chunks, chunk_region, missing_chunks
 from minconv_cli.data.open import detect_format
-from minconv_cli.errors import MinconvError
 from minconv_cli.evaluate.labels import label
-from minconv_cli.store import DONE, EVERY_CHUNK_ATTR, INIT_DIM, MEMBER_DIM, ForecastStore
+from minconv_cli.rollout.store import DONE, EVERY_CHUNK_ATTR, INIT_DIM, MEMBER_DIM, ForecastStore
 
 
 def units_of(attrs: Mapping[str, Any]) -> str:

@@ -12,11 +12,11 @@ import dask
 import numpy as np
 import xarray as xr
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Fields, open_dataset, split_fields, timeaxis
 from minconv_cli.data.dims import find_roles
 from minconv_cli.data.integrity import check_chunks
 from minconv_cli.data.timeaxis import CalendarStep
-from minconv_cli.errors import MinconvError
 from minconv_cli.evaluate.align import like, roles_of
 from minconv_cli.evaluate.labels import label
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from minconv_cli.store import CALENDAR_LEADS
+from minconv_cli.rollout.store import CALENDAR_LEADS
 
 
 def format_lead(lead: Any, unit: str | None = None) -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import xarray as xr
+
+from minconv_cli.evaluate.metrics import RANK_DIM
 
 if TYPE_CHECKING:
     from minconv_cli.evaluate.scoring import Scores
@@ -67,4 +70,38 @@ def plot_scores(scores: Scores, path: Path) -> None:
     fig.suptitle(f"scores against {Path(scores.truth).name}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def plot_rank_histograms(
+    hists: dict[tuple[str, str], xr.DataArray], path: Path, leads: Any
+) -> None:
+    """One panel per (forecast, variable): the rank histogram at the first, middle and last lead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(hists)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        h = hists[key]
+        n_lead = h.sizes["lead"]
+        picks = sorted({0, n_lead // 2, n_lead - 1})
+        ranks = h[RANK_DIM].values
+        width = 0.8 / len(picks)
+        for j, i in enumerate(picks):
+            ax.bar(
+                ranks + (j - (len(picks) - 1) / 2) * width,
+                h.isel(lead=i).values,
+                width=width,
+                label=f"lead {leads[i]}",
+            )
+        ax.axhline(1.0 / len(ranks), color="0.3", ls=":", lw=1, label="flat (calibrated)")
+        ax.set_title(f"{key[0]}: {key[1]}", fontsize=9)
+        ax.set_xlabel("rank of the truth among the members")
+        ax.set_ylabel("relative frequency")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

@@ -12,14 +12,14 @@ import numpy as np
 import xarray as xr
 
 from minconv_cli import __version__
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.files import atomic_paths, commit, remove, sibling, writing
 from minconv_cli.data.remote import is_url
-from minconv_cli.ensemble import RANK_DIM, RANK_HISTOGRAM, plot_rank_histograms
-from minconv_cli.errors import MinconvError
 from minconv_cli.evaluate.cases import REASONS
 from minconv_cli.evaluate.labels import format_lead
-from minconv_cli.evaluate.plots import plot_scores
+from minconv_cli.evaluate.metrics import RANK_DIM, RANK_HISTOGRAM
+from minconv_cli.evaluate.plots import plot_rank_histograms, plot_scores
 from minconv_cli.evaluate.scoring import Scores
-from minconv_cli.files import atomic_paths, commit, remove, sibling, writing
 
 OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc", "overlap.json", "overlap.csv")
 PLOT_FILE = "scores.png"

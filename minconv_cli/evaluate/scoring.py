@@ -15,12 +15,12 @@ import dask
 import numpy as np
 import xarray as xr
 
-from minconv_cli import metrics
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.files import Progress, dask_progress
 from minconv_cli.data import Fields, open_fields
 from minconv_cli.data.dims import is_latitude, is_longitude
 from minconv_cli.data.remote import as_source
-from minconv_cli.ensemble import ENSEMBLE_METRICS, RANK_DIM, RANK_HISTOGRAM, ensemble_scores
-from minconv_cli.errors import MinconvError
+from minconv_cli.evaluate import metrics
 from minconv_cli.evaluate.align import (
     LOAD_BELOW_BYTES,
     Aligned,
@@ -39,8 +39,8 @@ from minconv_cli.evaluate.climatology import (
     climatology_from_truth,
 )
 from minconv_cli.evaluate.labels import format_lead, lead_hours
-from minconv_cli.files import Progress, dask_progress
-from minconv_cli.store import INIT_DIM, LEAD_DIM, MEMBER_DIM, ForecastStore, open_forecast
+from minconv_cli.evaluate.metrics import ENSEMBLE_METRICS, RANK_DIM, RANK_HISTOGRAM, ensemble_scores
+from minconv_cli.rollout.store import INIT_DIM, LEAD_DIM, MEMBER_DIM, ForecastStore, open_forecast
 
 METRICS = ("rmse", "mae", "bias", "acc", "rel_l2")
 REFERENCES = ("persistence", "climatology")
@@ -277,7 +277,7 @@ def _climatology_at(
 
 def _finish_ensemble(ds: xr.Dataset, store: ForecastStore | None) -> xr.Dataset:
     """Spread and spread/skill of an ensemble store's reductions (others pass through)."""
-    from minconv_cli.ensemble import finish
+    from minconv_cli.evaluate.metrics import add_spread_skill as finish
 
     return finish(ds, store.members) if store is not None and store.members else ds
 

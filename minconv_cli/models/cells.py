@@ -11,7 +11,7 @@ from torch import nn
 
 from minconv_cli.models.gates import FUSED_BACKENDS, fused_recurrence, g, update_logit
 from minconv_cli.models.padding import GridConv2d
-from minconv_cli.scan import linear_recurrence
+from minconv_cli.models.scan import linear_recurrence
 
 MIN_KINDS = {"minconvgru": "gru", "minconvlstm": "lstm", "minconvexplstm": "explstm"}
 CELL_BACKENDS = ("auto", "fused", "triton", "linear", "log")

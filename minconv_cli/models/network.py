@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minconv_cli.core.precision import full_precision
 from minconv_cli.models.cells import MIN_KINDS, ConvGRUCell, ConvLSTMCell, MinConvCell
-from minconv_cli.precision import full_precision
 
 if TYPE_CHECKING:
     from minconv_cli.models.spec import ModelSpec

@@ -2,7 +2,7 @@
 
 `init_times` (which init times a spec names), `forecast_loop` (`forecast`: the model from context
 frames to leads), `run` (`rollout`: checkpoints and data checked, the store written batch by
-batch); the store layout itself is `minconv_cli.store`.
+batch); the store layout itself is `minconv_cli.rollout.store`.
 """
 
 from minconv_cli.rollout.forecast_loop import forecast

@@ -33,8 +33,8 @@ def forecast(
     """
     import torch
 
-    from minconv_cli.ensemble import residual_count
-    from minconv_cli.precision import autocast
+    from minconv_cli.core.precision import autocast
+    from minconv_cli.rollout.plan import residual_count
 
     x, valid = normalizer.normalize(frames)
     with torch.inference_mode(), autocast(device, precision):

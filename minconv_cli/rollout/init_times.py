@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Fields, timeaxis
 from minconv_cli.data.splits import read_time, time_range
 from minconv_cli.data.timeaxis import CalendarStep, format_step, format_time
-from minconv_cli.errors import MinconvError
 
 
 def select_init_times(spec: str | None, fields: Fields, context: int, step: Any) -> np.ndarray:

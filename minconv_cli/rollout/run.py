@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 
 from minconv_cli import __version__
-from minconv_cli.allocator import keep_freed_memory
-from minconv_cli.checkpoint import GridOrder, LoadedCheckpoint
+from minconv_cli.core.allocator import keep_freed_memory
+from minconv_cli.core.errors import MinconvError, check_not_blank
+from minconv_cli.core.files import Progress, output_lock, recover, resolve_device
 from minconv_cli.data import Fields, Normalizer, split_fields
 from minconv_cli.data.remote import as_source, is_url, local_path
 from minconv_cli.data.timeaxis import CalendarStep
-from minconv_cli.errors import MinconvError, check_not_blank
-from minconv_cli.files import Progress, output_lock, recover, resolve_device
+from minconv_cli.models.checkpoint import GridOrder, LoadedCheckpoint
 from minconv_cli.rollout.forecast_loop import forecast
 from minconv_cli.rollout.init_times import select_init_times, time_labels
-from minconv_cli.store import (
+from minconv_cli.rollout.store import (
     DONE,
     MODES,
     SETTINGS_ATTR,
@@ -137,7 +137,7 @@ def rollout(
     auto keeps the store's own precision). Everything is checked before anything is written.
     `allow_missing_chunks`: Zarr chunks of DATA that are not stored read as NaN (else an error).
     """
-    from minconv_cli.precision import resolve_precision
+    from minconv_cli.core.precision import resolve_precision
 
     started = time.perf_counter()
     check_not_blank(subset, "--subset")
@@ -190,7 +190,7 @@ def _open_store(
     job: Job, spec: Any, out: Path, mode: str, settings: dict, attrs: dict, zarr_format: int
 ) -> tuple[Path, list, list]:
     """(where to write, every sequence in store order, those not done yet)."""
-    from minconv_cli.ensemble import add_member_dim
+    from minconv_cli.rollout.store import add_member_dim
 
     template, encoding = store_template(
         job.fields, job.order, job.init_index, job.steps, job.step, attrs
@@ -242,7 +242,7 @@ def _ensemble_spec(
     recentre: bool = False,
 ) -> Any:
     """The `EnsembleSpec` of an ensemble (`members`, or several checkpoints), else None."""
-    from minconv_cli.ensemble import EnsembleSpec
+    from minconv_cli.rollout.plan import EnsembleSpec
 
     if members is not None or n_checkpoints > 1:
         return EnsembleSpec(
@@ -263,8 +263,7 @@ def _ensemble_spec(
 
 def _load_checkpoints(paths: list[Path], dev: Any) -> list[LoadedCheckpoint]:
     """The checkpoints, each able to drive a rollout, all trained on the same data contract."""
-    from minconv_cli.checkpoint import load_checkpoint
-    from minconv_cli.ensemble import check_same_data
+    from minconv_cli.models.checkpoint import check_same_data, load_checkpoint
 
     loads = [load_checkpoint(p, map_location=dev) for p in paths]
     for each, path in zip(loads, paths, strict=True):
@@ -275,7 +274,7 @@ def _load_checkpoints(paths: list[Path], dev: Any) -> list[LoadedCheckpoint]:
 
 def _context(loads: list[LoadedCheckpoint], context: int | None, step_noise: float) -> int:
     """`--context`, by default the longest training context (every checkpoint has its frames)."""
-    from minconv_cli.ensemble import residual_count
+    from minconv_cli.rollout.plan import residual_count
 
     if context is None:
         context = max(int(each.meta.context or 1) for each in loads)
@@ -375,7 +374,7 @@ class _Run:
     total: int
 
     def forecast(self, loads: list[LoadedCheckpoint], pending: list) -> None:
-        from minconv_cli.ensemble import (
+        from minconv_cli.rollout.plan import (
             perturb,
             recentre_matrix,
             residual_count,

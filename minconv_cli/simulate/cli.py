@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from minconv_cli.commands._common import console, print_json, user_errors
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.simulate.dataset import SimulationConfig, simulate_config
 from minconv_cli.simulate.files import check_writable, write_dataset
 

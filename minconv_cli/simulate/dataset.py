@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 
 from minconv_cli import __version__
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.simulate.grf import gaussian_random_field, grf_sigma, white_noise
 from minconv_cli.simulate.solver import NavierStokes2D, kolmogorov_forcing
 

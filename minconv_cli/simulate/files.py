@@ -6,8 +6,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from minconv_cli.errors import MinconvError
-from minconv_cli.files import atomic_path
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.files import atomic_path
 
 
 def output_format(path: Path) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from minconv_cli.config import Config
+from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Fields, Normalizer, WindowDataset, open_fields, split_fields
 from minconv_cli.data.memory import memory_budget
 from minconv_cli.data.open import float32_bytes
 from minconv_cli.data.splits import describe_positions, split_overlap
-from minconv_cli.errors import MinconvError
+from minconv_cli.training.config import Config
 
 
 @dataclass
@@ -54,7 +54,7 @@ def data_paths(config: Config) -> list[str]:
     """The configured data files, or the bundled Navier-Stokes sample when none are given."""
     if config.data.paths:
         return list(config.data.paths)
-    from minconv_cli.sample import sample_path
+    from minconv_cli.data.sample import sample_path
 
     return [str(sample_path())]
 

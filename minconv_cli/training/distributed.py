@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from minconv_cli.allocator import keep_freed_memory
-from minconv_cli.files import resolve_device
+from minconv_cli.core.allocator import keep_freed_memory
+from minconv_cli.core.files import resolve_device
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import math
 
 import torch
 
-from minconv_cli.config import TrainConfig
-from minconv_cli.precision import autocast
+from minconv_cli.core.precision import autocast
+from minconv_cli.training.config import TrainConfig
 from minconv_cli.training.steps import split_window, weighted_loss
 
 

@@ -23,20 +23,20 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from minconv_cli import __version__
-from minconv_cli.checkpoint import CheckpointMeta, DataMeta, read_checkpoint, save_checkpoint
-from minconv_cli.config import Config
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.files import output_lock, recover
+from minconv_cli.core.precision import resolve_precision
 from minconv_cli.data.stream import BlockStream
-from minconv_cli.errors import MinconvError
-from minconv_cli.files import output_lock, recover
 from minconv_cli.models import (
     count_parameters,
     create_model,
     fit_widths,
     grid_norm_parameters,
 )
-from minconv_cli.precision import resolve_precision
+from minconv_cli.models.checkpoint import CheckpointMeta, DataMeta, read_checkpoint, save_checkpoint
 from minconv_cli.training import distributed
 from minconv_cli.training.budget import Budget, spread
+from minconv_cli.training.config import Config
 from minconv_cli.training.data import TrainingData, data_paths, prepare_data
 from minconv_cli.training.distributed import Dist
 from minconv_cli.training.run_dir import RunDir

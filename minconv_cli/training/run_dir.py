@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minconv_cli.errors import MinconvError
-from minconv_cli.files import PARTIAL, atomic_write_text, commit, remove, sibling, writing
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.files import PARTIAL, atomic_write_text, commit, remove, sibling, writing
 
 RUN_FILES = ("model.pt", "last.pt", "config.yaml", "metrics.csv", "summary.json")
 
@@ -110,7 +110,7 @@ class RunDir:
     def complete(self) -> None:
         """The run has ended: check its files read back, then (when it replaces an older run) swap
         it in, keeping files of the old directory that are not the run's (e.g. a forecast)."""
-        from minconv_cli.checkpoint import read_checkpoint
+        from minconv_cli.models.checkpoint import read_checkpoint
 
         read_checkpoint(self.model)
         read_checkpoint(self.last)

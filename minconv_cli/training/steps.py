@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from minconv_cli.config import TrainConfig
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.precision import autocast
 from minconv_cli.data import Normalizer
-from minconv_cli.errors import MinconvError
-from minconv_cli.precision import autocast
+from minconv_cli.training.config import TrainConfig
 from minconv_cli.training.distributed import Dist, all_reduce_sum
 
 

@@ -10,12 +10,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from minconv_cli.data.dims import find_roles
-from minconv_cli.data.integrity import check_chunks, missing_chunks
-from minconv_cli.data.open import detect_format, open_dataset
-from minconv_cli.data.remote import as_source, is_url, local_path, zarr_format_of_url
-from minconv_cli.errors import MinconvError, one_line
-from minconv_cli.files import (
+from minconv_cli.core.errors import MinconvError, one_line
+from minconv_cli.core.files import (
     commit,
     dask_progress,
     discard,
@@ -26,6 +22,10 @@ from minconv_cli.files import (
     sibling,
     writing,
 )
+from minconv_cli.data.dims import find_roles
+from minconv_cli.data.integrity import check_chunks, missing_chunks
+from minconv_cli.data.open import detect_format, open_dataset
+from minconv_cli.data.remote import as_source, is_url, local_path, zarr_format_of_url
 
 Progress = Callable[[int, int], None]
 # Encoding keys that mean the same in NetCDF and Zarr; codec/chunk settings are format-specific.

@@ -19,11 +19,11 @@ from typing import Any
 
 import yaml
 
-from minconv_cli.errors import MinconvError, check_apart, check_not_blank, check_unique
+from minconv_cli.core.errors import MinconvError, check_apart, check_not_blank, check_unique
+from minconv_cli.core.precision import PRECISIONS
 from minconv_cli.models.network import PREDICTS
 from minconv_cli.models.padding import PADDINGS
 from minconv_cli.models.spec import NORM_CHOICES, ModelSpec
-from minconv_cli.precision import PRECISIONS
 
 
 def _choice(default: str, choices: tuple[str, ...]) -> Any:

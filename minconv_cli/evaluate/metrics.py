@@ -8,10 +8,13 @@ is NaN are left out and the weights renormalised over the cells that remain. A r
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Sequence
 
 import numpy as np
 import xarray as xr
+
+from minconv_cli.rollout.store import MEMBER_DIM
 
 Dims = Sequence[Hashable]
 
@@ -144,3 +147,68 @@ def rel_l2(
 def skill_score(mse_forecast: xr.DataArray, mse_reference: xr.DataArray) -> xr.DataArray:
     """1 - MSE / MSE_ref: 1 is perfect, 0 no better than the reference; NaN where MSE_ref = 0."""
     return 1.0 - mse_forecast / mse_reference.where(mse_reference > 0)
+
+
+ENSEMBLE_METRICS = ("spread", "spread_skill", "crps", "crps_fair")
+RANK_HISTOGRAM = "rank_histogram"
+RANK_DIM = "rank"
+
+
+def ensemble_scores(
+    fc: xr.DataArray,
+    truth: xr.DataArray,
+    space: Sequence[Hashable],
+    cases: Sequence[Hashable],
+    weights: xr.DataArray | None,
+    keep: Sequence[Hashable],
+) -> dict[str, xr.DataArray]:
+    """Lazy reductions of an ensemble `fc` (with a `number` dim) against `truth` over cases and space.
+
+    spread: sqrt of the mean unbiased (ddof=1) ensemble variance; `spread_mse` its square (so the
+    spread/skill ratio can be formed with the ensemble-mean MSE); crps/crps_fair: the ensemble CRPS
+    (empirical CDF and fair, Ferro 2014) per cell from `scores`, then averaged like the MSE;
+    rank_histogram: relative frequency of the truth's rank among the members, by `keep` dims.
+    """
+    from scores.probability import crps_for_ensemble, rank_histogram
+
+    n = fc.sizes[MEMBER_DIM]
+    valid = fc.notnull().all(MEMBER_DIM) & truth.notnull()
+    fc_v, truth_v = fc.where(valid), truth.where(valid)
+    over = [*cases, *space]
+    out: dict[str, xr.DataArray] = {}
+    if n > 1:
+        var = fc_v.var(MEMBER_DIM, ddof=1)
+        out["spread_mse"] = weighted_mean(var, over, weights)
+        for method, name in (("ecdf", "crps"), ("fair", "crps_fair")):
+            per_cell = crps_for_ensemble(
+                fc_v, truth_v, MEMBER_DIM, method=method, preserve_dims="all"
+            )
+            out[name] = weighted_mean(per_cell.where(valid), over, weights)
+    else:  # one member: the CRPS is the absolute error, there is no spread
+        out["crps"] = weighted_mean(
+            abs(fc_v.squeeze(MEMBER_DIM, drop=True) - truth_v), over, weights
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "NaN in fcst": unscored cases, left out
+        hist = rank_histogram(
+            fc_v,
+            truth_v,
+            MEMBER_DIM,
+            preserve_dims=[d for d in keep if d in fc.dims],
+            weights=weights,
+        )
+    out[RANK_HISTOGRAM] = hist
+    return out
+
+
+def add_spread_skill(ds: xr.Dataset, members: int) -> xr.Dataset:
+    """Spread and the spread/skill ratio from the reduced `spread_mse` and ensemble-mean `mse`.
+
+    The ratio carries the (n+1)/n finite-ensemble factor (Fortin et al. 2014), so a reliable
+    ensemble of any size scores 1: E[MSE of the mean] = (n+1)/n E[unbiased variance].
+    """
+    if "spread_mse" in ds:
+        ds["spread"] = np.sqrt(ds["spread_mse"])
+        factor = np.sqrt((members + 1) / members)
+        ds["spread_skill"] = factor * ds["spread"] / np.sqrt(ds["mse"].where(ds["mse"] > 0))
+    return ds

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.files import PARTIAL, atomic_path, commit, remove, sibling, writing
 from minconv_cli.data import Fields, open_dataset, timeaxis
 from minconv_cli.data.dims import recognise_dims
 from minconv_cli.data.integrity import missing_chunks
 from minconv_cli.data.remote import as_source
 from minconv_cli.data.timeaxis import CalendarStep
-from minconv_cli.errors import MinconvError
-from minconv_cli.files import PARTIAL, atomic_path, commit, remove, sibling, writing
 
 INIT_DIM = "time"
 LEAD_DIM = "prediction_timedelta"
@@ -45,7 +45,7 @@ EVERY_CHUNK_ATTR = "minconv_every_chunk_stored"
 MODES = ("create", "overwrite", "resume")
 
 if TYPE_CHECKING:
-    from minconv_cli.checkpoint import GridOrder
+    from minconv_cli.models.checkpoint import GridOrder
 
 
 # --------------------------------------------------------------------------- writing
@@ -383,3 +383,45 @@ def open_forecast(path: str | Path, name: str | None = None) -> ForecastStore:
         sample_dims=tuple(roles["sample"]),
         members=int(ds.sizes[MEMBER_DIM]) if MEMBER_DIM in ds.dims else None,
     )
+
+
+def add_member_dim(
+    template: xr.Dataset, encoding: dict, spec: Any, done: str
+) -> tuple[xr.Dataset, dict]:
+    """The store template with a `number` dim after `time` on every forecast variable and on the
+    done flags (one flag per init time, member and sample), plus which checkpoint runs each member."""
+    import dask.array as dsa
+
+    n = spec.members
+    number = {
+        MEMBER_DIM: (MEMBER_DIM, np.arange(n), {"long_name": "ensemble member"}),
+        "member_checkpoint": (
+            MEMBER_DIM,
+            np.array([spec.checkpoint_of(m) for m in range(n)]),
+            {"long_name": "index of the checkpoint (in the command) that runs each member"},
+        ),
+        "member_perturbed": (
+            MEMBER_DIM,
+            np.array([not spec.is_control(m) for m in range(n)]),
+            {
+                "long_name": "perturbed: context frames, step noise (False: the checkpoint's control)"
+            },
+        ),
+    }
+    flags = template[done]
+    flag_dims = (flags.dims[0], MEMBER_DIM, *flags.dims[1:])
+    flag_shape = (flags.shape[0], n, *flags.shape[1:])
+    coords = {k: v for k, v in template.coords.items() if k != done}
+    coords.update(number)
+    coords[done] = (flag_dims, np.zeros(flag_shape, dtype=bool), dict(flags.attrs))
+    data_vars = {}
+    encoding = dict(encoding)
+    encoding[done] = {"chunks": (1, n, *flag_shape[2:])}
+    for name, da in template.data_vars.items():
+        dims = (da.dims[0], MEMBER_DIM, *da.dims[1:])
+        shape = (da.shape[0], n, *da.shape[1:])
+        data_vars[name] = (dims, dsa.empty(shape, chunks=shape, dtype=da.dtype), dict(da.attrs))
+        enc = dict(encoding[name])
+        enc["chunks"] = (enc["chunks"][0], 1, *enc["chunks"][1:])
+        encoding[name] = enc
+    return xr.Dataset(data_vars, coords=coords, attrs=template.attrs), encoding

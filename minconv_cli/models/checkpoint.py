@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 
 from minconv_cli import __version__
-from minconv_cli.errors import MinconvError
-from minconv_cli.files import atomic_torch_save
+from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.files import atomic_torch_save
 from minconv_cli.models.spec import ModelSpec
 
 FORMAT = "minconv-checkpoint"
@@ -453,3 +453,32 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> LoadedCheckp
     model.to(map_location)
     model.eval()
     return LoadedCheckpoint(model=model, meta=meta, raw=raw)
+
+
+def check_same_data(metas: Sequence[dict], paths: Sequence[Path]) -> None:
+    """Every checkpoint must have been trained on the same data contract as the first: channels,
+    units, static inputs, grid and time step (normalisation may differ)."""
+    first = metas[0]
+    for meta, path in zip(metas[1:], paths[1:], strict=True):
+        problems = []
+        for key, what in (("channels", "channels"), ("static_channels", "static inputs")):
+            a = [(c["name"], str(c.get("units", ""))) for c in first.get(key, [])]
+            b = [(c["name"], str(c.get("units", ""))) for c in meta.get(key, [])]
+            if a != b:
+                problems.append(f"{what} {b} differ from {a}")
+        ga, gb = first["grid"], meta["grid"]
+        for axis in ("y", "x"):
+            va, vb = np.asarray(ga[axis]["values"]), np.asarray(gb[axis]["values"])
+            same = ga.get(f"{axis}_dim") == gb.get(f"{axis}_dim") and va.shape == vb.shape
+            if not (same and np.allclose(va, vb, rtol=0, atol=1e-6 * (np.ptp(va) or 1.0))):
+                problems.append(f"grid {gb.get(f'{axis}_dim')!r} differs")
+        if bool(first.get("time_is_datetime")) != bool(meta.get("time_is_datetime")) or str(
+            first.get("time_step")
+        ) != str(meta.get("time_step")):
+            problems.append(
+                f"time step {meta.get('time_step')} differs from {first.get('time_step')}"
+            )
+        if problems:
+            raise MinconvError(
+                f"{path}: not trained on the same data as {paths[0]}: " + "; ".join(problems)
+            )

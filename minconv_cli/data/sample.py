@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 
 NAVIER_STOKES = "navier_stokes_16x16.nc"
 ERA5_T2M = "era5_t2m_2019-03_uk_hourly.nc"
@@ -14,7 +14,7 @@ ERA5_T2M = "era5_t2m_2019-03_uk_hourly.nc"
 def sample_dir() -> Path:
     """The folder holding the bundled samples."""
     override = os.environ.get("MINCONV_SAMPLE_DATA")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "sample_data"
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "sample_data"
 
 
 def sample_path(name: str = NAVIER_STOKES) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from minconv_cli.errors import MinconvError
+from minconv_cli.core.errors import MinconvError
 
 PRECISIONS = ("fp32", "bf16", "auto")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of native bf16 arithmetic

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from minconv_cli.errors import MinconvError, one_line
+from minconv_cli.core.errors import MinconvError, one_line
 
 Progress = Callable[[int, int], None]
 

@@ -1,0 +1,1 @@
+"""What every layer shares: errors, safe file writes, precision, the allocator."""
