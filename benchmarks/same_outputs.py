@@ -69,6 +69,7 @@ def run_tree(tree: Path, work: Path, checkpoint: Path | None) -> dict[str, Path]
     det, ens = work / "det.zarr", work / "ens.zarr"
     common = [str(ckpt), str(SAMPLE), "--steps", "6", "--subset", "split=test", "--quiet"]
     cli(tree, "rollout", *common, "--out", str(det))
+    cli(tree, "rollout", *common, "--out", str(work / "bf16.zarr"), "--precision", "bf16")
     cli(
         tree,
         "rollout",
@@ -165,6 +166,7 @@ def main() -> None:
             "trained checkpoint": same_checkpoint(ref["model"], new["model"]),
             "deterministic store": same_store(ref["det"], new["det"]),
             "ensemble store (--step-noise, --recentre)": same_store(ref["ens"], new["ens"]),
+            "bf16 store (--precision bf16)": same_store(ref["bf16"], new["bf16"]),
             "deterministic scores": same_scores(ref["det_scores"], new["det_scores"]),
             "ensemble scores": same_scores(ref["ens_scores"], new["ens_scores"]),
         }

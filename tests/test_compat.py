@@ -141,3 +141,38 @@ def test_a_model_this_release_does_not_know_is_refused_naming_the_versions(tmp_p
     torch.save({**raw, "meta_json": json.dumps(meta)}, tmp_path / "future.pt")
     with pytest.raises(MinconvError, match=r"future.pt: written by minconv 9.0.*this minconv"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+def test_each_shim_is_a_pure_function_over_the_dicts_of_old_files():
+    """minconv_cli.compat: what each old file needs, read as this release writes it."""
+    import warnings
+
+    from minconv_cli import compat
+    from minconv_cli.core.errors import MinconvError
+
+    old = {"grid": {"y_dim": "y"}, "time_dim": "t", "sample_dims": ["s"], "padding": "circular"}
+    assert compat.checkpoint_meta(old) == {
+        "grid": {"time_dim": "t", "sample_dims": ["s"], "y_dim": "y"}
+    }
+    new = {"grid": {"time_dim": "time"}, "model": {}}
+    assert compat.checkpoint_meta(new) is new  # nothing to do for files of this release
+
+    with pytest.warns(FutureWarning, match="train.amp is deprecated"):
+        assert compat.config_values({"train": {"amp": True}}, "c.yaml") == {
+            "train": {"precision": "bf16"}
+        }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a stored config of an old run: read without a note
+        assert compat.config_values({"train": {"amp": False}}, "run", note=False) == {
+            "train": {"precision": "fp32"}
+        }
+    with pytest.raises(MinconvError, match=r"c.yaml: train.amp: expected bool, got str 'yes'"):
+        compat.config_values({"train": {"amp": "yes"}}, "c.yaml")
+
+    assert compat.rollout_settings({"steps": 3}) == {"steps": 3, "precision": "fp32"}
+    assert compat.rollout_settings({"precision": "bf16"}) == {"precision": "bf16"}
+    settings = {"members": 4, "step_noise": 0.0, "recentre": False, "smoothing": 0.0}
+    assert compat.ensemble_settings(settings) == {"members": 4, "smoothing": 0.0}
+    assert compat.ensemble_settings({**settings, "step_noise": 0.5})["step_noise"] == 0.5
+    assert not compat.every_chunk_stored(xr.open_zarr(FIXTURES / "traj_forecast.zarr").attrs)
+    assert compat.every_chunk_stored({compat.EVERY_CHUNK_ATTR: 1})

@@ -71,3 +71,19 @@ def test_the_in_place_inference_step_gives_the_same_numbers_as_the_autograd_step
     with torch.inference_mode():
         in_place = model(x, context=3)  # the same steps, gates computed in place
     assert torch.equal(with_grad.detach(), in_place)
+
+
+@pytest.mark.parametrize("name", ["minconvgru", "convlstm"])
+def test_a_model_runs_in_its_own_precision_as_under_an_outer_autocast(name):
+    """Precision is set once on the model (trainer, rollout); nothing around it needs autocast."""
+    model = create_model(name, 2, width=8, layers=2, grid=(8, 8), padding="circular")
+    x = torch.randn(2, 5, 2, 8, 8)
+    with autocast("cpu", "bf16"):
+        outer, outer_state = model(x, context=3, return_state=True)
+        outer_step, _ = model.step(x[:, 0], outer_state)
+    model.precision = "bf16"
+    own, own_state = model(x, context=3, return_state=True)
+    own_step, _ = model.step(x[:, 0], own_state)
+    assert torch.equal(own, outer) and torch.equal(own_step, outer_step)
+    model.precision = "fp32"
+    assert not torch.equal(model(x, context=3), own)

@@ -1,99 +1,24 @@
-"""What every command shares: the stderr console, JSON on stdout, and turning errors into one line."""
+"""What every command shares; it lives in `core.console` so that `python -m minconv_cli.simulate`
+(a layer below the commands) shares it too."""
 
-from __future__ import annotations
+from minconv_cli.core.console import (
+    console,
+    counting_bar,
+    fail,
+    os_error_line,
+    print_json,
+    progress_bar,
+    rich_progress,
+    user_errors,
+)
 
-import functools
-import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
-
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from minconv_cli.core.errors import MinconvError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Humans read stderr (progress, tables, errors); scripts read stdout (--json).
-console = Console(stderr=True, highlight=False)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one error line on stderr and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True)
-    return typer.Exit(code)
-
-
-def user_errors(func: F) -> F:
-    """Run a command so that user-facing errors become one stderr line and a non-zero exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except MinconvError as err:
-            raise fail(str(err)) from None
-        except ValueError as err:
-            raise fail(str(err)) from None
-        except OSError as err:  # read-only, disk full, file-size limit, a folder removed, ...
-            raise fail(os_error_line(err)) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", code=130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def os_error_line(err: OSError) -> str:
-    """`PATH: cause` for an OS error that no writer turned into its own line."""
-    from minconv_cli.core.files import os_cause
-
-    cause = os_cause(err) or " ".join(str(err).split())
-    return f"{err.filename}: {cause}" if err.filename else cause
-
-
-def print_json(obj: Any) -> None:
-    """Write a machine-readable result on stdout (one JSON document)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    sys.stdout.flush()
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
-
-
-@contextmanager
-def progress_bar(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
-    """A `report(done, total)` callback driving a rich bar that appears at the first report,
-    i.e. once the inputs are checked and the amount of work is known."""
-    bar = Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-    )
-    task: list = []
-
-    def report(done: int, total: int) -> None:
-        if not task:
-            bar.start()
-            task.append(bar.add_task(label, total=total))
-        bar.update(task[0], completed=done, total=total)
-
-    try:
-        yield report
-    finally:
-        bar.stop()
+__all__ = [
+    "console",
+    "counting_bar",
+    "fail",
+    "os_error_line",
+    "print_json",
+    "progress_bar",
+    "rich_progress",
+    "user_errors",
+]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-from minconv_cli.commands._common import console, print_json, user_errors
+from minconv_cli.commands._common import console, print_json, rich_progress, user_errors
 
 
 def _ints(text: str | None, option: str) -> dict[str, int]:
@@ -28,67 +29,99 @@ def _names(text: str | None) -> list[str] | None:
     return names or None
 
 
-@user_errors
-def convert(
-    src: str = typer.Argument(
-        ..., help="Input: NetCDF file, Zarr store or its URL, or NumPy .npy/.npz."
-    ),
-    dst: str = typer.Argument(..., help="Output: .nc or .zarr (or any name with --to); local."),
-    to: str = typer.Option(
-        None, "--to", help="Output format: netcdf or zarr (default: from DST's extension)."
-    ),
-    zarr_format: int = typer.Option(
-        None,
+Src = Annotated[
+    str, typer.Argument(help="Input: NetCDF file, Zarr store or its URL, or NumPy .npy/.npz.")
+]
+Dst = Annotated[str, typer.Argument(help="Output: .nc or .zarr (or any name with --to); local.")]
+To = Annotated[
+    str,
+    typer.Option("--to", help="Output format: netcdf or zarr (default: from DST's extension)."),
+]
+ZarrFormat = Annotated[
+    int,
+    typer.Option(
         "--zarr-format",
         help="Zarr version of the output: 2 or 3 (default: the input's, else 3).",
     ),
-    variables: str = typer.Option(
-        None, "--variables", help="Comma-separated variables to keep (default: all)."
+]
+Variables = Annotated[
+    str, typer.Option("--variables", help="Comma-separated variables to keep (default: all).")
+]
+Time = Annotated[
+    str, typer.Option("--time", help="Inclusive time range START/END (either side may be empty).")
+]
+Coarsen = Annotated[
+    str, typer.Option("--coarsen", help="Block means, e.g. 'y=4,x=4' (leftover rows trimmed).")
+]
+Chunks = Annotated[
+    str, typer.Option("--chunks", help="Output chunks, e.g. 'time=1,trajectory=10'.")
+]
+Rename = Annotated[
+    str, typer.Option("--rename", help="Rename variables/dims, e.g. 'lat=latitude,t2=t2m'.")
+]
+Dims = Annotated[
+    str,
+    typer.Option(
+        "--dims", help="NumPy input: dim names in array order, e.g. 'trajectory,time,y,x'."
     ),
-    time: str = typer.Option(
-        None, "--time", help="Inclusive time range START/END (either side may be empty)."
-    ),
-    coarsen: str = typer.Option(
-        None, "--coarsen", help="Block means, e.g. 'y=4,x=4' (leftover rows trimmed)."
-    ),
-    chunks: str = typer.Option(
-        None, "--chunks", help="Output chunks, e.g. 'time=1,trajectory=10'."
-    ),
-    rename: str = typer.Option(
-        None, "--rename", help="Rename variables/dims, e.g. 'lat=latitude,t2=t2m'."
-    ),
-    dims: str = typer.Option(
-        None, "--dims", help="NumPy input: dim names in array order, e.g. 'trajectory,time,y,x'."
-    ),
-    coords: str = typer.Option(
-        None,
+]
+Coords = Annotated[
+    str,
+    typer.Option(
         "--coords",
         help="NumPy input: coordinates per dim: START:STEP, START:STOP:STEP, DATE:FREQ (2000-01-01:6h) or a .npy/.txt file; e.g. 'time=0:1,x=0:0.0625'.",
     ),
-    name: str = typer.Option(
-        None, "--name", help="NumPy .npy input: the variable's name (default: file stem)."
+]
+Name = Annotated[
+    str,
+    typer.Option("--name", help="NumPy .npy input: the variable's name (default: file stem)."),
+]
+Attrs = Annotated[
+    str,
+    typer.Option(
+        "--attrs", help="Attributes: 'units=K' for every variable, 'time.units=s' for one."
     ),
-    attrs: str = typer.Option(
-        None, "--attrs", help="Attributes: 'units=K' for every variable, 'time.units=s' for one."
-    ),
-    overwrite: bool = typer.Option(
-        False,
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
         "--overwrite",
         help="Replace DST if it exists (the old DST stays until the new one is complete).",
     ),
-    allow_missing_chunks: bool = typer.Option(
-        False,
+]
+AllowMissingChunks = Annotated[
+    bool,
+    typer.Option(
         "--allow-missing-chunks",
         help="Read chunks missing from a Zarr SRC as NaN (default: an error; stores written "
         "without empty chunks leave all-NaN chunks out).",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print what was written as JSON on stdout."
-    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print what was written as JSON on stdout.")]
+
+
+@user_errors
+def convert(
+    src: Src,
+    dst: Dst,
+    to: To = None,
+    zarr_format: ZarrFormat = None,
+    variables: Variables = None,
+    time: Time = None,
+    coarsen: Coarsen = None,
+    chunks: Chunks = None,
+    rename: Rename = None,
+    dims: Dims = None,
+    coords: Coords = None,
+    name: Name = None,
+    attrs: Attrs = None,
+    overwrite: Overwrite = False,
+    allow_missing_chunks: AllowMissingChunks = False,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Convert between NetCDF and Zarr (v2/v3), or bring NumPy arrays in; select, coarsen, rechunk, rename."""
-    from minconv_cli.data.convert import convert as run_convert
     from minconv_cli.data.convert import parse_mapping
 
     options = dict(
@@ -106,29 +139,34 @@ def convert(
         overwrite=overwrite,
         allow_missing_chunks=allow_missing_chunks,
     )
-    if quiet:
-        result = run_convert(src, dst, **options)
-    else:
-        with Progress(
-            TextColumn(f"converting {Path(src).name} → {Path(dst).name}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} chunks"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        ) as bar:
-            task = bar.add_task("convert", total=None)
-            result = run_convert(
-                src,
-                dst,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-                **options,
-            )
+    result = _run(src, dst, options, quiet)
     if json_out:
         print_json(result)
     elif not quiet:
         sizes = ", ".join(f"{k}={v}" for k, v in result["dims"].items())
         console.print(
             f"wrote {result['path']} ({result['format']}; {', '.join(result['variables'])}; {sizes})"
+        )
+
+
+def _run(src: str, dst: str, options: dict[str, Any], quiet: bool) -> dict:
+    """Convert, with a chunk counter on a terminal unless `quiet`."""
+    from minconv_cli.data.convert import convert as run_convert
+
+    if quiet:
+        return run_convert(src, dst, **options)
+    with rich_progress(
+        TextColumn(f"converting {Path(src).name} → {Path(dst).name}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} chunks"),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("convert", total=None)
+        return run_convert(
+            src,
+            dst,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            **options,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -14,56 +14,86 @@ if TYPE_CHECKING:
     from minconv_cli.evaluate import Scores
 
 
-@user_errors
-def evaluate(
-    forecast: str = typer.Argument(
-        ..., help="Forecast Zarr store or its URL (WeatherBench 2 layout)."
-    ),
-    truth: list[str] = typer.Argument(
-        ...,
+Forecast = Annotated[
+    str, typer.Argument(help="Forecast Zarr store or its URL (WeatherBench 2 layout).")
+]
+Truth = Annotated[
+    list[str],
+    typer.Argument(
         help="NetCDF file(s), Zarr store(s) or Zarr URL(s) with the observed fields (joined along "
         "time).",
     ),
-    compare: list[str] = typer.Option(
-        [],
+]
+Compare = Annotated[
+    list[str],
+    typer.Option(
         "--compare",
         "-c",
         help="Another forecast to score: PATH or NAME=PATH (repeatable; PATH may be a URL).",
     ),
-    metrics: str = typer.Option(
-        "rmse,mae,bias,acc,rel_l2", "--metrics", "-m", help="Comma-separated metrics."
-    ),
-    references: str = typer.Option(
-        "persistence,climatology",
+]
+# the default names every row of the metric table that --metrics accepts (metric_table.choices)
+Metrics = Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated metrics.")]
+References = Annotated[
+    str,
+    typer.Option(
         "--references",
         help="Reference forecasts from the truth: persistence, climatology (or '' for none).",
     ),
-    climatology: str | None = typer.Option(
-        None,
+]
+ClimatologyFile = Annotated[
+    str | None,
+    typer.Option(
         "--climatology",
         help="Climatology file or Zarr URL: per variable (dayofyear[, hour], y, x), or (y, x).",
     ),
-    climatology_period: str | None = typer.Option(
-        None,
+]
+ClimatologyPeriod = Annotated[
+    str | None,
+    typer.Option(
         "--climatology-period",
         help="START/END of the truth to build the climatology from (default: the truth before "
         "the first init time; numeric time: the whole truth).",
     ),
-    out: str | None = typer.Option(
-        None, "--out", "-o", help="Directory for the scores (default: FORECAST_scores beside it)."
+]
+Out = Annotated[
+    str | None,
+    typer.Option(
+        "--out", "-o", help="Directory for the scores (default: FORECAST_scores beside it)."
     ),
-    plot: str | None = typer.Option(
-        None, "--plot", help="PNG of error against lead time (default: OUT/scores.png)."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing score files."),
-    allow_missing_chunks: bool = typer.Option(
-        False,
+]
+Plot = Annotated[
+    str | None,
+    typer.Option("--plot", help="PNG of error against lead time (default: OUT/scores.png)."),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing score files.")]
+AllowMissingChunks = Annotated[
+    bool,
+    typer.Option(
         "--allow-missing-chunks",
         help="Read chunks missing from a Zarr truth, climatology or forecast store without done "
         "flags as NaN instead of refusing them (never forecast chunks flagged done).",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the score records on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the score records on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+
+
+@user_errors
+def evaluate(
+    forecast: Forecast,
+    truth: Truth,
+    compare: Compare = [],  # noqa: B006 (typer copies list defaults)
+    metrics: Metrics = "rmse,mae,bias,acc,rel_l2",
+    references: References = "persistence,climatology",
+    climatology: ClimatologyFile = None,
+    climatology_period: ClimatologyPeriod = None,
+    out: Out = None,
+    plot: Plot = None,
+    overwrite: Overwrite = False,
+    allow_missing_chunks: AllowMissingChunks = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score a forecast store against observations (RMSE, MAE, bias, ACC, relative L2, skill)."""
     from minconv_cli.core.files import output_lock, recover
@@ -100,6 +130,7 @@ def _print_summary(scores: Scores, written: list[Path]) -> None:
     """Overlap, a short table (RMSE and ACC at up to five leads) and the notes, on stderr."""
     from minconv_cli.evaluate import format_lead
     from minconv_cli.evaluate.cases import REASONS
+    from minconv_cli.evaluate.metric_table import headline
 
     for o in scores.overlap:
         it, ld = o["init_times"], o["leads"]
@@ -113,7 +144,7 @@ def _print_summary(scores: Scores, written: list[Path]) -> None:
         )
     table = scores.table
     metric_names = [str(m) for m in table["metric"].values]
-    shown = [m for m in ("rmse", "acc") if m in metric_names] or metric_names[:1]
+    shown = headline(metric_names)
     n = table.sizes["lead"]
     picks = sorted({round(i * (n - 1) / 4) for i in range(5)}) if n > 5 else list(range(n))
     leads = [format_lead(table["lead"].values[i], table["lead"].attrs.get("units")) for i in picks]

@@ -6,13 +6,12 @@ import math
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
@@ -20,8 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from minconv_cli.commands._common import console, print_json, user_errors
-from minconv_cli.core.errors import check_apart, check_not_blank, check_unique
+from minconv_cli.commands._common import console, print_json, rich_progress, user_errors
+from minconv_cli.core.errors import MinconvError, check_apart, check_not_blank, check_unique
 
 
 def _names(values: list[str] | None, option: str) -> list[str] | None:
@@ -51,14 +50,13 @@ class RichReporter:
     finished epoch."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
+        self.progress = rich_progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=console,
         )
         self.epochs: TaskID | None = None
         self.steps: TaskID | None = None
@@ -131,168 +129,213 @@ def _table(summary: dict[str, Any]) -> Table:
     return table
 
 
-@user_errors
-def train(
-    data: list[str] | None = typer.Argument(
-        None,
+Data = Annotated[
+    list[str] | None,
+    typer.Argument(
         help="NetCDF file(s)/Zarr store(s) or Zarr URL(s) (https://, s3://, gs://), joined along "
         "time. Default: the bundled Navier-Stokes sample.",
     ),
-    config_file: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
-    sets: list[str] | None = typer.Option(
-        None,
+]
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option(
         "--set",
         "-s",
         help="Config override SECTION.KEY=VALUE (repeatable), e.g. optim.weight_decay=0.01.",
     ),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="minconvgru, minconvlstm, minconvexplstm, convgru or convlstm."
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="minconvgru, minconvlstm, minconvexplstm, convgru or convlstm."
     ),
-    variables: list[str] | None = typer.Option(
-        None,
+]
+Variables = Annotated[
+    list[str] | None,
+    typer.Option(
         "--variables",
         "-v",
         help="Variables to predict (comma-separated or repeated). Default: all.",
     ),
-    static: list[str] | None = typer.Option(
-        None, "--static", help="Static inputs, not predicted (e.g. lsm,orography,latitude)."
-    ),
-    train_period: str | None = typer.Option(
-        None,
+]
+Static = Annotated[
+    list[str] | None,
+    typer.Option("--static", help="Static inputs, not predicted (e.g. lsm,orography,latitude)."),
+]
+TrainPeriod = Annotated[
+    str | None,
+    typer.Option(
         "--train-period",
         help="Training split: START/END times, DIM=a:b (e.g. trajectory=0:150), a fraction 0.0:0.8 "
         "or split=NAME. Default: split=train if the data has a split coordinate, else 0.0:0.8.",
     ),
-    val_period: str | None = typer.Option(
-        None,
+]
+ValPeriod = Annotated[
+    str | None,
+    typer.Option(
         "--val-period",
         help="Validation split (same forms). Default: split=val, else 0.8:0.9.",
     ),
-    context: int | None = typer.Option(None, "--context", help="Teacher-forced steps per window."),
-    horizon: int | None = typer.Option(None, "--horizon", help="Closed-loop steps per window."),
-    width: int | None = typer.Option(None, "--width", help="Hidden channels per layer."),
-    params: int | None = typer.Option(
-        None,
+]
+Context = Annotated[int | None, typer.Option("--context", help="Teacher-forced steps per window.")]
+Horizon = Annotated[int | None, typer.Option("--horizon", help="Closed-loop steps per window.")]
+Width = Annotated[int | None, typer.Option("--width", help="Hidden channels per layer.")]
+Params = Annotated[
+    int | None,
+    typer.Option(
         "--params",
         help="Parameter budget: the width is chosen to match it (instead of --width).",
     ),
-    layers: int | None = typer.Option(None, "--layers", help="Recurrent layers."),
-    norm: str | None = typer.Option(
-        None,
+]
+Layers = Annotated[int | None, typer.Option("--layers", help="Recurrent layers.")]
+Norm = Annotated[
+    str | None,
+    typer.Option(
         "--norm",
         help="auto (default: layer unless its per-grid-cell parameters would outnumber the rest "
         "of the model, then instance), layer, instance, group or none.",
     ),
-    epochs: int | None = typer.Option(
-        None, "--epochs", help="Epochs (passes over the training windows)."
-    ),
-    max_time: float | None = typer.Option(
-        None,
+]
+Epochs = Annotated[
+    int | None, typer.Option("--epochs", help="Epochs (passes over the training windows).")
+]
+MaxTime = Annotated[
+    float | None,
+    typer.Option(
         "--max-time",
         help="Wall-clock budget in seconds: training stops a step early enough to validate "
         "(on a spread subset of windows if time is short) and save within it.",
     ),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", help="Windows per step (per process)."
-    ),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of initialisation, shuffling and noise."
-    ),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    memory_limit: str | None = typer.Option(
-        None,
+]
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", "-b", help="Windows per step (per process).")
+]
+Lr = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
+Seed = Annotated[
+    int | None, typer.Option("--seed", help="Seed of initialisation, shuffling and noise.")
+]
+Device = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")]
+MemoryLimit = Annotated[
+    str | None,
+    typer.Option(
         "--memory-limit",
         help="Memory the data may use, e.g. 8GB: smaller data is loaded, larger is read in blocks "
         "from disk. Default: half the available memory.",
     ),
-    precision: str | None = typer.Option(
-        None,
+]
+Precision = Annotated[
+    str | None,
+    typer.Option(
         "--precision",
         help="fp32, bf16 (autocast convolutions; recurrence and loss in fp32) or auto "
         "(default: bf16 where the CPU/GPU has native bf16, else fp32).",
     ),
-    out: str | None = typer.Option(
-        None, "--out", "-o", help="Run directory. Default: runs/<model>-<date>-<time>."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its last.pt."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no table."),
-    print_config: bool = typer.Option(
-        False, "--print-config", help="Print the full resolved config as YAML and exit."
-    ),
-    allow_missing_chunks: bool = typer.Option(
-        False,
+]
+Out = Annotated[
+    str | None,
+    typer.Option("--out", "-o", help="Run directory. Default: runs/<model>-<date>-<time>."),
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")]
+PrintConfig = Annotated[
+    bool, typer.Option("--print-config", help="Print the full resolved config as YAML and exit.")
+]
+AllowMissingChunks = Annotated[
+    bool,
+    typer.Option(
         "--allow-missing-chunks",
         help="Read Zarr chunks that are not stored as NaN (zarr-python 3 leaves out chunks that "
         "are all fill value) instead of refusing the store as damaged.",
     ),
-    allow_overlap: bool = typer.Option(
-        False,
+]
+AllowOverlap = Annotated[
+    bool,
+    typer.Option(
         "--allow-overlap",
         help="Let the validation period share frames with the training period.",
     ),
+]
+
+
+@user_errors
+def train(
+    data: Data = None,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    model: Model = None,
+    variables: Variables = None,
+    static: Static = None,
+    train_period: TrainPeriod = None,
+    val_period: ValPeriod = None,
+    context: Context = None,
+    horizon: Horizon = None,
+    width: Width = None,
+    params: Params = None,
+    layers: Layers = None,
+    norm: Norm = None,
+    epochs: Epochs = None,
+    max_time: MaxTime = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    seed: Seed = None,
+    device: Device = None,
+    memory_limit: MemoryLimit = None,
+    precision: Precision = None,
+    out: Out = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+    print_config: PrintConfig = False,
+    allow_missing_chunks: AllowMissingChunks = False,
+    allow_overlap: AllowOverlap = False,
 ) -> None:
     """Train a forecasting model; writes model.pt, last.pt, config.yaml, metrics.csv and summary.json."""
     started = time.monotonic()  # --max-time counts from here: loading torch and the data included
-    from minconv_cli.core.errors import MinconvError
-    from minconv_cli.data.remote import as_source, local_path
-    from minconv_cli.models.checkpoint import read_checkpoint
-    from minconv_cli.training import train_model
+    from minconv_cli.data.remote import local_path
     from minconv_cli.training.config import resolve_config
-    from minconv_cli.training.run_dir import RunDir
 
-    out = None if out is None else local_path(out, "--out")
-    if width is not None and params is not None:
-        raise MinconvError("--width and --params: give one of them")
-    if resume and overwrite:
-        raise MinconvError("--resume and --overwrite: choose one")
-    if resume and out is None:
-        raise MinconvError("--resume: needs --out RUN_DIR (the run to continue)")
-    names, statics = _names(variables, "--variables"), _names(static, "--static")
-    check_apart(names or [], statics or [], "--variables and --static")
-    options = {
-        "data.paths": [str(as_source(p)) for p in data] if data else None,
-        "data.variables": names,
-        "data.static": statics,
-        "data.train_period": _period(train_period, "--train-period"),
-        "data.val_period": _period(val_period, "--val-period"),
-        "data.allow_missing_chunks": True if allow_missing_chunks else None,
-        "data.allow_overlap": True if allow_overlap else None,
-        "model.name": model,
-        "model.width": width,
-        "model.params": params,
-        "model.layers": layers,
-        "model.norm": norm,
-        "train.context": context,
-        "train.horizon": horizon,
-        "train.epochs": epochs,
-        "train.max_time": max_time,
-        "train.batch_size": batch_size,
-        "train.seed": seed,
-        "train.device": device,
-        "data.memory_limit": memory_limit,
-        "train.precision": precision,
-        "optim.lr": lr,
-    }
-    base = None
-    if resume:
-        last = RunDir(out).resolve(resume=True, overwrite=False).last
-        if not last.is_file():
-            raise MinconvError(f"--resume: {last} not found (nothing to resume)")
-        _, meta = read_checkpoint(last)
-        base = meta.config
+    run_dir = None if out is None else local_path(out, "--out")
+    _check_choices(width, params, resume, overwrite, run_dir)
+    options = _data_options(
+        data, variables, static, train_period, val_period, allow_missing_chunks, allow_overlap
+    )
+    options.update(zip(MODEL_KEYS, (model, width, params, layers, norm), strict=True))
+    options.update(
+        zip(TRAIN_KEYS, (context, horizon, epochs, max_time, batch_size, seed, device), strict=True)
+    )
+    options.update(
+        {"data.memory_limit": memory_limit, "train.precision": precision, "optim.lr": lr}
+    )
+    base = _resumed_config(run_dir) if resume else None
     cfg = resolve_config(config_file, sets, options, base=base)
     if width is not None:
         cfg.model.params = None  # an explicit --width wins over a budget from the config
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)
         return
-    if out is None:
-        out = Path("runs") / f"{cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if run_dir is None:
+        run_dir = Path("runs") / f"{cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    _run(cfg, run_dir, resume, overwrite, json_out, quiet, started)
+
+
+def _run(
+    cfg: Any,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    json_out: bool,
+    quiet: bool,
+    started: float,
+) -> None:
+    """Train `cfg` into `run_dir`, then report on the main process (the only one under torchrun)."""
+    from minconv_cli.training import train_model
+
     holder: dict[str, Any] = {}
 
     def on_setup(info: Any) -> None:
@@ -301,15 +344,77 @@ def train(
     reporter = None if quiet else RichReporter()
     result = train_model(
         cfg,
-        out,
+        run_dir,
         resume=resume,
         overwrite=overwrite,
         reporter=reporter,
         on_setup=on_setup,
         started=started,
     )
-    if not holder.get("main", True):
-        return
+    if holder.get("main", True):
+        _report(result, run_dir, json_out, quiet)
+
+
+# Config keys that options set as given (None: the config's value stands).
+MODEL_KEYS = tuple(f"model.{k}" for k in ("name", "width", "params", "layers", "norm"))
+TRAIN_KEYS = tuple(
+    f"train.{k}"
+    for k in ("context", "horizon", "epochs", "max_time", "batch_size", "seed", "device")
+)
+
+
+def _data_options(
+    data: list[str] | None,
+    variables: list[str] | None,
+    static: list[str] | None,
+    train_period: str | None,
+    val_period: str | None,
+    allow_missing_chunks: bool,
+    allow_overlap: bool,
+) -> dict[str, Any]:
+    """The `data.*` config overrides the options give (names checked, URLs kept as given)."""
+    from minconv_cli.data.remote import as_source
+
+    names, statics = _names(variables, "--variables"), _names(static, "--static")
+    check_apart(names or [], statics or [], "--variables and --static")
+    return {
+        "data.paths": [str(as_source(p)) for p in data] if data else None,
+        "data.variables": names,
+        "data.static": statics,
+        "data.train_period": _period(train_period, "--train-period"),
+        "data.val_period": _period(val_period, "--val-period"),
+        "data.allow_missing_chunks": True if allow_missing_chunks else None,
+        "data.allow_overlap": True if allow_overlap else None,
+    }
+
+
+def _check_choices(
+    width: int | None, params: int | None, resume: bool, overwrite: bool, out: Path | None
+) -> None:
+    """Refuse options that exclude each other, and --resume without the run to continue."""
+    if width is not None and params is not None:
+        raise MinconvError("--width and --params: give one of them")
+    if resume and overwrite:
+        raise MinconvError("--resume and --overwrite: choose one")
+    if resume and out is None:
+        raise MinconvError("--resume: needs --out RUN_DIR (the run to continue)")
+
+
+def _resumed_config(out: Path) -> dict[str, Any]:
+    """The config stored in the run's last.pt, which `--resume` starts from."""
+    from minconv_cli.models.checkpoint import read_checkpoint
+    from minconv_cli.training.run_dir import RunDir
+
+    last = RunDir(out).resolve(resume=True, overwrite=False).last
+    if not last.is_file():
+        raise MinconvError(f"--resume: {last} not found (nothing to resume)")
+    _, meta = read_checkpoint(last)
+    return meta.config
+
+
+def _report(result: Any, out: Path, json_out: bool, quiet: bool) -> None:
+    """How the run ended: the summary as JSON and/or the table and closing line (exit 130 when
+    interrupted, after saying how to continue)."""
     summary = result.summary
     if result.status == "interrupted":
         replacement = summary.get("replacement_dir")

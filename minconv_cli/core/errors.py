@@ -17,6 +17,12 @@ def one_line(err: BaseException, limit: int = 300) -> str:
     return (" ".join(str(err).split()) or type(err).__name__)[:limit]
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's first line (its type name when it has none), cut to `limit`: for messages
+    whose later lines are advice or a traceback of someone else's."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
 def check_unique(names: Sequence[str], what: str) -> None:
     """Refuse a name given twice in `names` (`what` names the option or key)."""
     twice = [n for i, n in enumerate(names) if n in names[:i]]

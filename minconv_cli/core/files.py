@@ -11,6 +11,8 @@
   (no space, read-only, permission, file-size limit, folder removed).
 - `dask_progress`: reports finished dask tasks as (done, total) to a progress callback.
 - `resolve_device`: the torch device a `--device` option names.
+- The file suffixes of each data format, in one place (`NETCDF_SUFFIXES` and the narrower sets
+  that name an output's format).
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ from typing import Any
 from minconv_cli.core.errors import MinconvError, one_line
 
 Progress = Callable[[int, int], None]
+
+# Data formats by suffix. Read as NetCDF (HDF5 or classic); the narrower sets choose an output's
+# format from its name: `minconv convert` DST, and simulated data sets (`simulate --out`).
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
+NETCDF_OUTPUT_SUFFIXES = (".nc", ".nc4", ".netcdf")
+SIMULATED_NETCDF_SUFFIXES = (".nc", ".nc4")
+ZARR_SUFFIX = ".zarr"
+NUMPY_SUFFIXES = (".npy", ".npz")
 
 
 def sibling(path: Path, tag: str = "tmp", unique: bool = True) -> Path:

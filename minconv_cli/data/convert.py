@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import xarray as xr
 
 from minconv_cli.core.errors import MinconvError, one_line
 from minconv_cli.core.files import (
+    NETCDF_OUTPUT_SUFFIXES,
+    NUMPY_SUFFIXES,
+    ZARR_SUFFIX,
     commit,
     dask_progress,
     discard,
@@ -23,8 +24,10 @@ from minconv_cli.core.files import (
     writing,
 )
 from minconv_cli.data.dims import find_roles
+from minconv_cli.data.formats import detect_format
 from minconv_cli.data.integrity import check_chunks, missing_chunks
-from minconv_cli.data.open import detect_format, open_dataset
+from minconv_cli.data.numpy_input import from_numpy
+from minconv_cli.data.open import open_dataset
 from minconv_cli.data.remote import as_source, is_url, local_path, zarr_format_of_url
 
 Progress = Callable[[int, int], None]
@@ -40,7 +43,6 @@ PORTABLE_ENCODING = (
 )
 NETCDF_ENCODING = ("zlib", "complevel", "shuffle", "fletcher32", "contiguous", "chunksizes")
 ZARR_ENCODING = ("compressors", "filters", "serializer", "chunks", "shards")
-NUMPY_SUFFIXES = (".npy", ".npz")
 
 
 def parse_mapping(text: str | None, option: str) -> dict[str, str]:
@@ -63,9 +65,9 @@ def output_format(dst: Path, to: str | None) -> str:
             raise MinconvError(f"--to: expected netcdf or zarr, got {to!r}")
         return to
     suffix = dst.suffix.lower()
-    if suffix == ".zarr":
+    if suffix == ZARR_SUFFIX:
         return "zarr"
-    if suffix in (".nc", ".nc4", ".netcdf"):
+    if suffix in NETCDF_OUTPUT_SUFFIXES:
         return "netcdf"
     raise MinconvError(
         f"{dst}: cannot tell the output format from the extension; use .nc/.zarr or --to"
@@ -97,41 +99,16 @@ def convert(
     a datetime `START:FREQ` (e.g. `2000-01-01:6h`) or a .npy/.txt file of values.
     """
     src, dst = as_source(src), local_path(dst, "DST")
-    fmt = output_format(dst, to)
-    if zarr_format not in (None, 2, 3):
-        raise MinconvError(f"--zarr-format: expected 2 or 3, got {zarr_format}")
-    if zarr_format and fmt != "zarr":
-        raise MinconvError("--zarr-format: only applies to Zarr output")
-    if dst.exists() and not overwrite:
-        raise MinconvError(f"{dst}: already exists (use --overwrite to replace it)")
-    if Path(src).suffix.lower() in NUMPY_SUFFIXES:
-        if is_url(src):
-            raise MinconvError(f"{src}: NumPy input must be a local file (URLs: Zarr stores only)")
-        ds, src_fmt = _from_numpy(src, dims, coords, name), "numpy"
-    else:
-        if dims or coords or name:
-            raise MinconvError("--dims/--coords/--name: only apply to NumPy (.npy/.npz) input")
-        ds, src_fmt = open_dataset(src), detect_format(src)
-        check_chunks(src, ds, [str(v) for v in ds.data_vars], allow=allow_missing_chunks)
-    src_zarr_format = (
-        None
-        if src_fmt != "zarr"
-        else zarr_format_of_url(src)
-        if is_url(src)
-        else _zarr_format_of(src)
-    )
+    fmt = _checked_output(dst, to, zarr_format, overwrite)
+    ds, src_fmt = _open_source(src, dims, coords, name, allow_missing_chunks)
+    src_zarr_format = _source_zarr_format(src, src_fmt)
     target_zarr = zarr_format or src_zarr_format or 3
     ds = _apply_attrs(ds, attrs or {}, src)
     ds = _select(ds, src, variables, time)
     if coarsen:
         ds = _coarsen(ds, src, coarsen)
     if rename:
-        missing = [k for k in rename if k not in ds.variables and k not in ds.dims]
-        if missing:
-            raise MinconvError(
-                f"--rename: {missing} not in {src}; names: {', '.join(map(str, ds.variables))}"
-            )
-        ds = ds.rename(dict(rename))
+        ds = _rename(ds, src, rename)
     same_codecs = src_fmt == fmt and (fmt == "netcdf" or src_zarr_format == target_zarr)
     ds = _set_encodings(
         ds,
@@ -145,6 +122,53 @@ def convert(
         recover(dst)  # what a killed run left beside it
         _write_atomically(ds, dst, fmt, target_zarr, overwrite, progress)
     return summary(dst, fmt, target_zarr if fmt == "zarr" else None, ds)
+
+
+def _checked_output(dst: Path, to: str | None, zarr_format: int | None, overwrite: bool) -> str:
+    """The output format, once `--zarr-format` fits it and `dst` may be written."""
+    fmt = output_format(dst, to)
+    if zarr_format not in (None, 2, 3):
+        raise MinconvError(f"--zarr-format: expected 2 or 3, got {zarr_format}")
+    if zarr_format and fmt != "zarr":
+        raise MinconvError("--zarr-format: only applies to Zarr output")
+    if dst.exists() and not overwrite:
+        raise MinconvError(f"{dst}: already exists (use --overwrite to replace it)")
+    return fmt
+
+
+def _open_source(
+    src: str | Path,
+    dims: Sequence[str] | None,
+    coords: Mapping[str, str] | None,
+    name: str | None,
+    allow_missing_chunks: bool,
+) -> tuple[xr.Dataset, str]:
+    """The input as a Dataset and its format (`numpy`, `netcdf` or `zarr`)."""
+    if Path(src).suffix.lower() in NUMPY_SUFFIXES:
+        if is_url(src):
+            raise MinconvError(f"{src}: NumPy input must be a local file (URLs: Zarr stores only)")
+        return from_numpy(src, dims, coords, name), "numpy"
+    if dims or coords or name:
+        raise MinconvError("--dims/--coords/--name: only apply to NumPy (.npy/.npz) input")
+    ds, src_fmt = open_dataset(src), detect_format(src)
+    check_chunks(src, ds, [str(v) for v in ds.data_vars], allow=allow_missing_chunks)
+    return ds, src_fmt
+
+
+def _source_zarr_format(src: str | Path, src_fmt: str) -> int | None:
+    """The Zarr format (2 or 3) of a Zarr input; None for other inputs."""
+    if src_fmt != "zarr":
+        return None
+    return zarr_format_of_url(src) if is_url(src) else _zarr_format_of(src)
+
+
+def _rename(ds: xr.Dataset, src: Path, rename: Mapping[str, str]) -> xr.Dataset:
+    missing = [k for k in rename if k not in ds.variables and k not in ds.dims]
+    if missing:
+        raise MinconvError(
+            f"--rename: {missing} not in {src}; names: {', '.join(map(str, ds.variables))}"
+        )
+    return ds.rename(dict(rename))
 
 
 def summary(path: Path, fmt: str, zarr_format: int | None, ds: xr.Dataset) -> dict:
@@ -165,103 +189,6 @@ def summary(path: Path, fmt: str, zarr_format: int | None, ds: xr.Dataset) -> di
 def _zarr_format_of(path: Path) -> int:
     root = path.parent if path.name in ("zarr.json", ".zgroup") else path
     return 3 if (root / "zarr.json").exists() else 2
-
-
-def _from_numpy(
-    src: Path, dims: Sequence[str] | None, coords: Mapping[str, str] | None, name: str | None
-) -> xr.Dataset:
-    """NumPy array(s) as a Dataset: .npy is one variable (`name`, default the file stem); .npz has one
-    variable per array with `len(dims)` dims, and 1-D arrays named like a dim become its coordinate."""
-    import dask.array as dsa
-
-    if not src.exists():
-        raise MinconvError(f"{src}: no such file or directory")
-    if not dims:
-        raise MinconvError(f"{src}: NumPy input needs --dims (e.g. --dims trajectory,time,y,x)")
-    dims = list(dims)
-    try:
-        if src.suffix.lower() == ".npy":
-            arrays = {name or src.stem: np.load(src, mmap_mode="r", allow_pickle=False)}
-        else:
-            with np.load(src, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError) as err:
-        raise MinconvError(
-            f"{src}: cannot read as NumPy data ({' '.join(str(err).split())})"
-        ) from None
-    if name and src.suffix.lower() == ".npz":
-        raise MinconvError("--name: only applies to .npy input (.npz arrays keep their names)")
-    data_vars, coord_arrays = {}, {}
-    for key, arr in arrays.items():
-        if arr.ndim == len(dims):
-            data_vars[key] = (
-                dims,
-                dsa.from_array(arr, chunks="auto") if arr.nbytes > 2**26 else np.asarray(arr),
-            )
-        elif arr.ndim == 1 and key in dims:
-            coord_arrays[key] = np.asarray(arr)
-        else:
-            raise MinconvError(
-                f"{src}: array {key!r} has shape {arr.shape}, which does not fit --dims {','.join(dims)}"
-            )
-    if not data_vars:
-        raise MinconvError(
-            f"{src}: no array with {len(dims)} dims to match --dims {','.join(dims)}"
-        )
-    ds = xr.Dataset(data_vars)
-    sizes = ds.sizes
-    for dim, values in coord_arrays.items():
-        ds = ds.assign_coords({dim: _checked_len(values, dim, sizes[dim], src)})
-    for dim, spec in (coords or {}).items():
-        if dim not in sizes:
-            raise MinconvError(f"--coords: {dim!r} is not one of --dims {','.join(dims)}")
-        ds = ds.assign_coords(
-            {dim: _checked_len(_coord_values(spec, sizes[dim], dim), dim, sizes[dim], src)}
-        )
-    return ds
-
-
-def _checked_len(values: np.ndarray, dim: str, n: int, src: Path) -> np.ndarray:
-    if len(values) != n:
-        raise MinconvError(f"--coords {dim}: {len(values)} values for a dim of size {n} in {src}")
-    return values
-
-
-def _coord_values(spec: str, n: int, dim: str) -> np.ndarray:
-    """Coordinate values from `START:STEP`, `START:STOP:STEP`, a datetime `START:FREQ`, or a file."""
-    path = Path(spec)
-    if path.suffix in (".npy", ".txt", ".csv") or path.exists():
-        if not path.exists():
-            raise MinconvError(f"--coords {dim}: {path}: no such file")
-        return (
-            np.load(path, allow_pickle=False)
-            if path.suffix == ".npy"
-            else np.loadtxt(path, ndmin=1)
-        )
-    parts = spec.split(":")
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        start, freq = spec.rsplit(":", 1) if ":" in spec else (spec, None)
-        if freq is None:
-            raise MinconvError(
-                f"--coords {dim}: expected START:FREQ for datetimes (e.g. 2000-01-01:6h)"
-            ) from None
-        try:
-            return pd.date_range(start, periods=n, freq=freq).values
-        except (ValueError, TypeError) as err:
-            raise MinconvError(
-                f"--coords {dim}: cannot make datetimes from {spec!r} ({err})"
-            ) from None
-    if len(numbers) == 2:
-        values = numbers[0] + numbers[1] * np.arange(n)
-    elif len(numbers) == 3:
-        values = np.arange(*numbers)
-    else:
-        raise MinconvError(f"--coords {dim}: expected START:STEP or START:STOP:STEP, got {spec!r}")
-    if all(float(v).is_integer() for v in numbers):
-        values = values.astype(np.int64)
-    return values
 
 
 def _apply_attrs(ds: xr.Dataset, attrs: Mapping[str, str], src: Path) -> xr.Dataset:

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+import minconv_cli.data.timeaxis as timeaxis
 from minconv_cli.core.errors import MinconvError
-from minconv_cli.data import timeaxis
 
 
 @dataclass(frozen=True)

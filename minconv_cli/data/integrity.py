@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from minconv_cli.core.errors import MinconvError
+from minconv_cli.data.formats import detect_format
 from minconv_cli.data.timeaxis import short_time
 
 ALLOW_OPTION = "--allow-missing-chunks"
@@ -98,8 +99,6 @@ def check_chunks(
 ) -> None:
     """Raise one line naming the store, the variable and where, if a chunk of `variables` is not
     stored (unless `allow`). NetCDF files and variables that are not Zarr arrays pass."""
-    from minconv_cli.data.open import detect_format
-
     if allow or ds.encoding.get("source_format", detect_format(source)) != "zarr":
         return
     for v in variables:

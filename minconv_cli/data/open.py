@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from minconv_cli.core.errors import MinconvError, check_apart, check_unique
+from minconv_cli.core.errors import MinconvError, check_apart, check_unique, one_line
 from minconv_cli.data.dims import (
     default_padding,
     is_latitude,
@@ -20,37 +20,13 @@ from minconv_cli.data.dims import (
 )
 from minconv_cli.data.fields import Channel, Fields, jsonable
 from minconv_cli.data.finite import Where, check_values, checked_lazily
+from minconv_cli.data.formats import detect_format
 from minconv_cli.data.integrity import check_chunks
 from minconv_cli.data.memory import fits_in_memory, memory_budget
-from minconv_cli.data.remote import as_source, detect_url_format, is_url, open_url
+from minconv_cli.data.remote import as_source, is_url, open_url
 from minconv_cli.data.timeaxis import detect_step, spacings
 
 LOAD_BELOW_BYTES: int | None = None  # a fixed load threshold (tests); None: from the memory budget
-NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
-
-
-def detect_format(path: str | Path) -> str:
-    """`"netcdf"` or `"zarr"` from the extension, the store layout or the file's magic bytes."""
-    if is_url(path):
-        return detect_url_format(str(path))
-    p = Path(path)
-    if not p.exists():
-        raise MinconvError(f"{p}: no such file or directory")
-    if p.is_dir():
-        if p.suffix == ".zarr" or any(
-            (p / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs")
-        ):
-            return "zarr"
-        raise MinconvError(f"{p}: a directory that is not a Zarr store (no zarr.json or .zgroup)")
-    if p.name in ("zarr.json", ".zgroup"):
-        return "zarr"
-    with open(p, "rb") as fh:
-        head = fh.read(8)
-    if head.startswith((b"\x89HDF", b"CDF\x01", b"CDF\x02", b"CDF\x05")):
-        return "netcdf"
-    if p.suffix.lower() in NETCDF_SUFFIXES:
-        raise MinconvError(f"{p}: not a readable NetCDF file (bad header)")
-    raise MinconvError(f"{p}: unknown format (expected NetCDF .nc or a Zarr store .zarr)")
 
 
 def open_dataset(path: str | Path, chunks: Any = "auto-store") -> xr.Dataset:
@@ -79,7 +55,7 @@ def open_dataset(path: str | Path, chunks: Any = "auto-store") -> xr.Dataset:
         raise
     except Exception as err:  # any reader failure on a damaged file
         what = "Zarr store" if fmt == "zarr" else "NetCDF file"
-        raise MinconvError(f"{p}: cannot read as a {what} ({_one_line(err)})") from None
+        raise MinconvError(f"{p}: cannot read as a {what} ({one_line(err)})") from None
     ds.encoding["source_format"] = fmt
     return in_name_order(ds) if fmt == "zarr" else ds
 
@@ -120,11 +96,6 @@ def in_name_order(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text[:300]
-
-
 def open_fields(
     paths: str | Path | Sequence[str | Path],
     variables: Sequence[str] | None = None,
@@ -155,74 +126,22 @@ def open_fields(
     selected = _select_variables(first, first_path, variables, static, dims)
     role = recognise_dims(first, _dims_of(first, selected), str(first_path), dims)
     time_dim = role["time"]
-    checked = []
-    for p, ds in opened:
-        for v in [*selected, *[s for s in static if s in first.data_vars]]:
-            if v not in ds.data_vars:
-                raise MinconvError(
-                    f"{p}: variable {v!r} not found; available: {', '.join(map(str, ds.data_vars))}"
-                )
-        if time_dim not in ds.dims:
-            raise MinconvError(
-                f"{p}: no time dimension {time_dim!r} (dims: {', '.join(map(str, ds.dims))})"
-            )
-        _check_times(p, ds[time_dim].values)
-        checked.append((p, ds))
     keep = [*selected, *[s for s in static if s in first.data_vars]]
-    for p, one in raw:
-        wanted = [v for v in keep if v in one.data_vars]
-        store = p.parent if isinstance(p, Path) and p.name in ("zarr.json", ".zgroup") else p
-        check_chunks(store, one, wanted, allow=allow_missing_chunks)
-    checked.sort(key=lambda item: item[1][time_dim].values[0])
-    for (pa, a), (pb, b) in zip(checked[:-1], checked[1:], strict=False):
-        _check_same_grid(pa, a, pb, b, role)
-        if a[time_dim].values[-1] >= b[time_dim].values[0]:
-            raise MinconvError(
-                f"{pb}: times overlap with {pa} ({b[time_dim].values[0]} <= {a[time_dim].values[-1]})"
-            )
-    label = (
-        ", ".join(str(p) for p in paths)
-        if len(paths) <= 3
-        else f"{paths[0]} (+{len(paths) - 1} files)"
-    )
-    parts = [ds[keep] for _, ds in checked]
-    if len(parts) > 1:
-        ds = xr.concat(
-            parts,
-            dim=time_dim,
-            data_vars="minimal",
-            coords="minimal",
-            compat="override",
-            join="override",
-            combine_attrs="override",
-        )
-    else:
-        ds = parts[0]
+    checked = _check_files(opened, keep, time_dim)
+    _check_stored_chunks(raw, keep, allow_missing_chunks)
+    label = _label(paths)
+    ds = _join([ds[keep] for _, ds in _in_time_order(checked, role)], time_dim)
     level_dim = role["level"]
     if levels is not None:
-        if level_dim is None:
-            raise MinconvError(f"{label}: levels given but the data has no level dimension")
-        missing = [lv for lv in levels if lv not in ds[level_dim].values]
-        if missing:
-            raise MinconvError(
-                f"{label}: level(s) {missing} not found; available: "
-                f"{', '.join(str(v) for v in ds[level_dim].values.tolist())}"
-            )
-        ds = ds.sel({level_dim: list(levels)})
-    sample_dims = role["sample"]
-    y_dim, x_dim = role["y"], role["x"]
+        ds = _select_levels(ds, levels, level_dim, label)
+    sample_dims, y_dim, x_dim = role["sample"], role["y"], role["x"]
     order = (*sample_dims, time_dim, *((level_dim,) if level_dim else ()), y_dim, x_dim)
     ds = ds.transpose(*order, ..., missing_dims="ignore")
     if _load_into_memory(ds[selected], memory_limit):
         ds = ds.load()
     ds = _check_values(ds, selected, static, time_dim, raw, label)
     latlon = is_latitude(ds, y_dim) and is_longitude(ds, x_dim)
-    fit = detect_step(ds[time_dim].values)
-    if not fit.regular:
-        raise MinconvError(
-            f"{label}: irregular time axis: no fixed step and no calendar step (month, year) "
-            f"fits even half of its {fit.pairs} spacings (most common: {fit.summary})"
-        )
+    step = _regular_step(ds[time_dim].values, label)
     return Fields(
         ds=ds,
         path_label=label,
@@ -233,10 +152,101 @@ def open_fields(
         level_dim=level_dim,
         channels=_channels(ds, selected, level_dim),
         static_channels=_static_channels(ds, static, label, level_dim, (y_dim, x_dim)),
-        time_step=fit.step,
+        time_step=step,
         is_latlon=latlon,
         default_padding=default_padding(ds, y_dim, x_dim, latlon),
     )
+
+
+def _check_files(
+    opened: Sequence[tuple[Path, xr.Dataset]], keep: Sequence[str], time_dim: str
+) -> list[tuple[Path, xr.Dataset]]:
+    """Each (merged) file holds the variables in `keep` and a time dim whose times increase."""
+    for p, ds in opened:
+        for v in keep:
+            if v not in ds.data_vars:
+                raise MinconvError(
+                    f"{p}: variable {v!r} not found; available: {', '.join(map(str, ds.data_vars))}"
+                )
+        if time_dim not in ds.dims:
+            raise MinconvError(
+                f"{p}: no time dimension {time_dim!r} (dims: {', '.join(map(str, ds.dims))})"
+            )
+        _check_times(p, ds[time_dim].values)
+    return list(opened)
+
+
+def _check_stored_chunks(
+    raw: Sequence[tuple[Path, xr.Dataset]], keep: Sequence[str], allow: bool
+) -> None:
+    """Every Zarr chunk of the kept variables is stored, file by file (see `data.integrity`)."""
+    for p, one in raw:
+        wanted = [v for v in keep if v in one.data_vars]
+        store = p.parent if isinstance(p, Path) and p.name in ("zarr.json", ".zgroup") else p
+        check_chunks(store, one, wanted, allow=allow)
+
+
+def _in_time_order(
+    checked: list[tuple[Path, xr.Dataset]], role: Mapping[str, Any]
+) -> list[tuple[Path, xr.Dataset]]:
+    """The files sorted by their first time; neighbours share the grid and do not overlap."""
+    time_dim = role["time"]
+    checked.sort(key=lambda item: item[1][time_dim].values[0])
+    for (pa, a), (pb, b) in zip(checked[:-1], checked[1:], strict=False):
+        _check_same_grid(pa, a, pb, b, role)
+        if a[time_dim].values[-1] >= b[time_dim].values[0]:
+            raise MinconvError(
+                f"{pb}: times overlap with {pa} ({b[time_dim].values[0]} <= {a[time_dim].values[-1]})"
+            )
+    return checked
+
+
+def _label(paths: Sequence[str | Path]) -> str:
+    """How messages name the data: up to three paths, else the first and a count."""
+    if len(paths) <= 3:
+        return ", ".join(str(p) for p in paths)
+    return f"{paths[0]} (+{len(paths) - 1} files)"
+
+
+def _join(parts: list[xr.Dataset], time_dim: str) -> xr.Dataset:
+    """The parts (in time order) joined along time; one part as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    return xr.concat(
+        parts,
+        dim=time_dim,
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        join="override",
+        combine_attrs="override",
+    )
+
+
+def _select_levels(
+    ds: xr.Dataset, levels: Sequence[Any], level_dim: str | None, label: str
+) -> xr.Dataset:
+    """The requested levels (each must exist) of the level dim."""
+    if level_dim is None:
+        raise MinconvError(f"{label}: levels given but the data has no level dimension")
+    missing = [lv for lv in levels if lv not in ds[level_dim].values]
+    if missing:
+        raise MinconvError(
+            f"{label}: level(s) {missing} not found; available: "
+            f"{', '.join(str(v) for v in ds[level_dim].values.tolist())}"
+        )
+    return ds.sel({level_dim: list(levels)})
+
+
+def _regular_step(times: np.ndarray, label: str) -> Any:
+    """The time step: a fixed one or a calendar one (month, year); an irregular axis is refused."""
+    fit = detect_step(times)
+    if not fit.regular:
+        raise MinconvError(
+            f"{label}: irregular time axis: no fixed step and no calendar step (month, year) "
+            f"fits even half of its {fit.pairs} spacings (most common: {fit.summary})"
+        )
+    return fit.step
 
 
 def _check_unique(variables: Sequence[str] | None, static: Sequence[str]) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import xarray as xr
 
-from minconv_cli.core.errors import MinconvError
+from minconv_cli.core.errors import MinconvError, one_line
+from minconv_cli.core.files import NETCDF_SUFFIXES
 
 # `scheme://...` (or a chained `simplecache::s3://...`, refused: zarr 3 cannot read through
 # one); two letters at least, so `C:/` stays a path.
@@ -26,7 +27,6 @@ URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+(://|::)")
 MANGLED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")
 TIMEOUT_ENV = "MINCONV_REMOTE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60.0
-NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 # The package each common protocol needs; all are in the `remote` extra.
 PACKAGES = {
     "http": "aiohttp",
@@ -162,12 +162,12 @@ def url_error(url: str, err: BaseException) -> MinconvError:
             f"{url}: no answer within {timeout_s():g} s ({TIMEOUT_ENV} sets the limit)"
         )
     if names & {"ClientConnectionError", "ConnectionError"}:  # aiohttp's, botocore's, builtin
-        return MinconvError(f"{url}: cannot reach the server ({_one_line(err)})")
+        return MinconvError(f"{url}: cannot reach the server ({one_line(err)})")
     if names & {"NodeNotFoundError", "GroupNotFoundError", "FileNotFoundError"}:
         return MinconvError(
             f"{url}: no Zarr store there (no zarr.json, .zgroup or .zmetadata found)"
         )
-    return MinconvError(f"{url}: cannot read as a Zarr store ({_one_line(err)})")
+    return MinconvError(f"{url}: cannot read as a Zarr store ({one_line(err)})")
 
 
 def zarr_format_of_url(url: str) -> int:
@@ -195,8 +195,3 @@ def _forget_pending_reads() -> None:
 
 def _quiet_exit() -> None:
     sys.unraisablehook = lambda _: None
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text[:300]

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+import minconv_cli.data.timeaxis as timeaxis
 from minconv_cli.core.errors import MinconvError, check_not_blank
-from minconv_cli.data import timeaxis
 from minconv_cli.data.fields import Fields
 
 _FRACTION = re.compile(r"^\s*(\d*\.?\d*)\s*:\s*(\d*\.?\d*)\s*$")

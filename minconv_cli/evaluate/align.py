@@ -133,14 +133,8 @@ def align(
     init, lead, valid = _valid_times(store, truth, pair)
     valid_pos = _time_indexer(truth.times, valid, truth.time_step)
     init_pos = _time_indexer(truth.times, init, truth.time_step)
-    ok = valid_pos >= 0
-    notes = []
-    if with_persistence and ok.any():
-        if not (ok & (init_pos >= 0)[:, None]).any():
-            with_persistence = False
-            notes.append("persistence left out: no init time of the forecast is in the truth")
-        else:
-            ok &= (init_pos >= 0)[:, None]
+    notes: list[str] = []
+    ok, with_persistence = _scorable(valid_pos, init_pos, with_persistence, notes)
     rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
     if not ok.any():
         raise MinconvError(
@@ -151,10 +145,8 @@ def align(
     sub = ds.isel({INIT_DIM: rows, LEAD_DIM: cols})
     case = {"dims": (INIT_DIM, LEAD_DIM), "coords": {d: sub[d] for d in (INIT_DIM, LEAD_DIM)}}
     done = sub[DONE] if DONE in sub.coords else None
-    if done is not None and not bool(done.all()):
-        notes.append(
-            f"{int((~done).sum())} of {done.size} forecast sequences are unfinished and not scored"
-        )
+    if done is not None:
+        notes += _unfinished(done)
     cases = _Cases(
         sub=sub,
         done=done,
@@ -165,15 +157,7 @@ def align(
     )
     forecast, truth_at, persistence = _gather(store, truth, pair, cases)
     scored_valid = valid[np.ix_(rows, cols)][ok]
-    overlap = {
-        "forecast": store.name,
-        "init_times": {**span(init[rows]), "of": int(len(init))},
-        "leads": {**lead_span(lead[cols], store.lead_unit), "of": int(len(lead))},
-        "valid_times": span(scored_valid),
-        "cases": int(ok.sum()),
-        "of_cases": int(valid.size),
-        "notes": notes,
-    }
+    overlap = _overlap_record(store, init, lead, (rows, cols), scored_valid, ok, notes)
     # unscored cases take a scored valid time, so that lookups (climatology) never miss on them
     valid_da = xr.DataArray(np.where(ok, valid[np.ix_(rows, cols)], scored_valid[0]), **case)
     scope = _case_grid(sub, store.sample_dims) & cases.mask
@@ -193,6 +177,50 @@ def align(
         cases.mask,
         int(scope.sum()),
     )
+
+
+def _overlap_record(
+    store: ForecastStore,
+    init: np.ndarray,
+    lead: np.ndarray,
+    kept: tuple[np.ndarray, np.ndarray],
+    scored_valid: np.ndarray,
+    ok: np.ndarray,
+    notes: list[str],
+) -> dict:
+    """What of the forecast is scored: spans of the kept init times and leads (`kept` positions)
+    and of the scored valid times, and the cases scored of all."""
+    rows, cols = kept
+    return {
+        "forecast": store.name,
+        "init_times": {**span(init[rows]), "of": int(len(init))},
+        "leads": {**lead_span(lead[cols], store.lead_unit), "of": int(len(lead))},
+        "valid_times": span(scored_valid),
+        "cases": int(ok.sum()),
+        "of_cases": int(len(init) * len(lead)),
+        "notes": notes,
+    }
+
+
+def _scorable(
+    valid_pos: np.ndarray, init_pos: np.ndarray, with_persistence: bool, notes: list[str]
+) -> tuple[np.ndarray, bool]:
+    """(init, lead) cases whose valid time (with persistence, also init time) is in the truth,
+    and whether persistence is still in use (not when no init time is in the truth)."""
+    ok = valid_pos >= 0
+    if with_persistence and ok.any():
+        if not (ok & (init_pos >= 0)[:, None]).any():
+            notes.append("persistence left out: no init time of the forecast is in the truth")
+            return ok, False
+        ok &= (init_pos >= 0)[:, None]
+    return ok, with_persistence
+
+
+def _unfinished(done: xr.DataArray) -> list[str]:
+    """The note on unfinished sequences (done flags False), if any."""
+    if bool(done.all()):
+        return []
+    return [f"{int((~done).sum())} of {done.size} forecast sequences are unfinished and not scored"]
 
 
 def _case_grid(ds: xr.Dataset, sample_dims: tuple[str, ...]) -> xr.DataArray:
@@ -225,18 +253,8 @@ def onto(
     """
     _valid_times(store, truth, f"{store.path} vs {truth.path_label}")
     ms = main.store
-    if set(store.sample_dims) != set(ms.sample_dims):
-        raise MinconvError(
-            f"{store.path}: sample dims {list(store.sample_dims)} differ from those of "
-            f"{ms.path} {list(ms.sample_dims)}; --compare forecasts are scored on its cases"
-        )
-    notes = []
-    variables = [v for v in store.variables if v in main.forecast]
-    extra = [v for v in store.variables if v not in main.forecast]
-    if extra:
-        notes.append(f"variable(s) {extra} not scored: {ms.name} has no such forecast")
-    if not variables:
-        raise MinconvError(f"{store.path}: no variable in common with {ms.path}")
+    notes: list[str] = []
+    variables = _shared_variables(main, store, notes)
     ds = store.ds[variables]
     if DONE in store.ds.coords:
         ds = ds.assign_coords({DONE: _all_members(store.ds[DONE])})
@@ -250,22 +268,9 @@ def onto(
     scope = (present & main.in_truth).transpose(*main.ready.dims)
     ready = scope & ds[DONE].drop_vars(DONE) if DONE in ds.coords else scope
     ready = ready.transpose(*main.ready.dims).load()
-    if DONE in store.ds.coords and not bool(store.ds[DONE].all()):
-        flags = store.ds[DONE]
-        notes.append(
-            f"{int((~flags).sum())} of {flags.size} forecast sequences are unfinished and not scored"
-        )
-    forecast = {}
-    for v in variables:
-        fc = ds[v].drop_vars(DONE, errors="ignore").where(ready)
-        if main.forecast[v].chunks is not None:
-            fc = like(fc, main.forecast[v])
-        elif fc.nbytes >= load_below:
-            members = {MEMBER_DIM: -1} if MEMBER_DIM in fc.dims else {}
-            fc = fc.chunk({INIT_DIM: _block(fc), LEAD_DIM: -1, **members})
-        else:
-            fc = fc.load()
-        forecast[v] = fc
+    if DONE in store.ds.coords:
+        notes += _unfinished(store.ds[DONE])
+    forecast = {v: _like_main(ds[v], ready, main.forecast[v], load_below) for v in variables}
     inits, leads = has[INIT_DIM], has[LEAD_DIM]
     common = (main.in_truth & inits & leads).values
     overlap = {
@@ -297,6 +302,37 @@ def onto(
         scope=int(scope.sum()),
     )
     return aligned
+
+
+def _shared_variables(main: Aligned, store: ForecastStore, notes: list[str]) -> list[str]:
+    """The variables of a `--compare` store that the main forecast has (its sample dims must
+    be the main's); the others are noted as not scored."""
+    ms = main.store
+    if set(store.sample_dims) != set(ms.sample_dims):
+        raise MinconvError(
+            f"{store.path}: sample dims {list(store.sample_dims)} differ from those of "
+            f"{ms.path} {list(ms.sample_dims)}; --compare forecasts are scored on its cases"
+        )
+    variables = [v for v in store.variables if v in main.forecast]
+    extra = [v for v in store.variables if v not in main.forecast]
+    if extra:
+        notes.append(f"variable(s) {extra} not scored: {ms.name} has no such forecast")
+    if not variables:
+        raise MinconvError(f"{store.path}: no variable in common with {ms.path}")
+    return variables
+
+
+def _like_main(
+    da: xr.DataArray, ready: xr.DataArray, main_fc: xr.DataArray, load_below: int
+) -> xr.DataArray:
+    """A `--compare` variable on its ready cases, lazy like the main forecast's (or when large)."""
+    fc = da.drop_vars(DONE, errors="ignore").where(ready)
+    if main_fc.chunks is not None:
+        return like(fc, main_fc)
+    if fc.nbytes >= load_below:
+        members = {MEMBER_DIM: -1} if MEMBER_DIM in fc.dims else {}
+        return fc.chunk({INIT_DIM: _block(fc), LEAD_DIM: -1, **members})
+    return fc.load()
 
 
 def _valid_times(

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.compat import every_chunk_stored
 from minconv_cli.core.errors import MinconvError
+from minconv_cli.data.formats import detect_format
 from minconv_cli.data.integrity import check_chunks, chunk_region, missing_chunks
-from minconv_cli.data.open import detect_format
 from minconv_cli.evaluate.labels import label
-from minconv_cli.rollout.store import DONE, EVERY_CHUNK_ATTR, INIT_DIM, MEMBER_DIM, ForecastStore
+from minconv_cli.rollout.store import DONE, INIT_DIM, MEMBER_DIM, ForecastStore
 
 
 def units_of(attrs: Mapping[str, Any]) -> str:
@@ -62,7 +63,7 @@ def verify_done_chunks(store: ForecastStore, allow_missing: bool = False) -> Non
     if DONE not in store.ds.coords:
         check_chunks(store.path, store.ds, store.variables, allow_missing)
         return
-    if allow_missing and not store.ds.attrs.get(EVERY_CHUNK_ATTR):
+    if allow_missing and not every_chunk_stored(store.ds.attrs):
         return  # an older release's store: all-NaN chunks were left out, read as NaN
     done = store.ds[DONE].load()
     for v in store.variables:
@@ -79,7 +80,7 @@ def verify_done_chunks(store: ForecastStore, allow_missing: bool = False) -> Non
                 f"{store.path}: damaged store: {len(damaged)} chunk(s) of variable {v!r} are "
                 f"missing where {DONE} says the forecast was written, first at {where} (a missing "
                 "chunk reads as NaN; roll those forecasts out again"
-                + ("" if store.ds.attrs.get(EVERY_CHUNK_ATTR) else _OLDER)
+                + ("" if every_chunk_stored(store.ds.attrs) else _OLDER)
                 + ")"
             )
 

@@ -3,7 +3,9 @@
 Every function compares a forecast with the truth over `space` dims (e.g. latitude, longitude) and
 `cases` dims (init times and samples), keeping every other dim (lead, level). Cells where either side
 is NaN are left out and the weights renormalised over the cells that remain. A result of NaN means
-"undefined" (no valid cell, or a zero denominator); callers report it as such.
+"undefined" (no valid cell, or a zero denominator); callers report it as such. Ensemble scores take
+the members (a `number` dim); `*_of` functions derive a score from computed reductions. Which
+function is which metric: `metric_table`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import xarray as xr
 
-from minconv_cli.rollout.store import MEMBER_DIM
+from minconv_cli.rollout.store import LEAD_DIM, MEMBER_DIM
 
 Dims = Sequence[Hashable]
 
@@ -149,66 +151,119 @@ def skill_score(mse_forecast: xr.DataArray, mse_reference: xr.DataArray) -> xr.D
     return 1.0 - mse_forecast / mse_reference.where(mse_reference > 0)
 
 
-ENSEMBLE_METRICS = ("spread", "spread_skill", "crps", "crps_fair")
 RANK_HISTOGRAM = "rank_histogram"
 RANK_DIM = "rank"
 
 
-def ensemble_scores(
-    fc: xr.DataArray,
+def _members_joint(
+    forecast: xr.DataArray, truth: xr.DataArray
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """Members and truth with NaN wherever any member or the truth is NaN, and that mask."""
+    valid = forecast.notnull().all(MEMBER_DIM) & truth.notnull()
+    return forecast.where(valid), truth.where(valid), valid
+
+
+def spread_mse(
+    forecast: xr.DataArray,
     truth: xr.DataArray,
-    space: Sequence[Hashable],
-    cases: Sequence[Hashable],
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray | None:
+    """Mean unbiased (ddof=1) variance of the members over cases and space; None for one member."""
+    if forecast.sizes[MEMBER_DIM] < 2:
+        return None
+    fc, _, _ = _members_joint(forecast, truth)
+    return weighted_mean(fc.var(MEMBER_DIM, ddof=1), [*cases, *space], weights)
+
+
+def _crps(
+    method: str,
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
     weights: xr.DataArray | None,
-    keep: Sequence[Hashable],
-) -> dict[str, xr.DataArray]:
-    """Lazy reductions of an ensemble `fc` (with a `number` dim) against `truth` over cases and space.
+) -> xr.DataArray:
+    """The ensemble CRPS per cell from `scores` (`ecdf` or `fair`), then averaged like the MSE."""
+    from scores.probability import crps_for_ensemble
 
-    spread: sqrt of the mean unbiased (ddof=1) ensemble variance; `spread_mse` its square (so the
-    spread/skill ratio can be formed with the ensemble-mean MSE); crps/crps_fair: the ensemble CRPS
-    (empirical CDF and fair, Ferro 2014) per cell from `scores`, then averaged like the MSE;
-    rank_histogram: relative frequency of the truth's rank among the members, by `keep` dims.
-    """
-    from scores.probability import crps_for_ensemble, rank_histogram
+    fc, o, valid = _members_joint(forecast, truth)
+    per_cell = crps_for_ensemble(fc, o, MEMBER_DIM, method=method, preserve_dims="all")
+    return weighted_mean(per_cell.where(valid), [*cases, *space], weights)
 
-    n = fc.sizes[MEMBER_DIM]
-    valid = fc.notnull().all(MEMBER_DIM) & truth.notnull()
-    fc_v, truth_v = fc.where(valid), truth.where(valid)
-    over = [*cases, *space]
-    out: dict[str, xr.DataArray] = {}
-    if n > 1:
-        var = fc_v.var(MEMBER_DIM, ddof=1)
-        out["spread_mse"] = weighted_mean(var, over, weights)
-        for method, name in (("ecdf", "crps"), ("fair", "crps_fair")):
-            per_cell = crps_for_ensemble(
-                fc_v, truth_v, MEMBER_DIM, method=method, preserve_dims="all"
-            )
-            out[name] = weighted_mean(per_cell.where(valid), over, weights)
-    else:  # one member: the CRPS is the absolute error, there is no spread
-        out["crps"] = weighted_mean(
-            abs(fc_v.squeeze(MEMBER_DIM, drop=True) - truth_v), over, weights
-        )
+
+def crps(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """CRPS of the members' empirical distribution; for one member, its absolute error."""
+    if forecast.sizes[MEMBER_DIM] > 1:
+        return _crps("ecdf", forecast, truth, space, cases, weights)
+    fc, o, _ = _members_joint(forecast, truth)
+    return weighted_mean(abs(fc.squeeze(MEMBER_DIM, drop=True) - o), [*cases, *space], weights)
+
+
+def crps_fair(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray | None:
+    """The fair CRPS (Ferro 2014), unbiased for the members' parent distribution; None for one."""
+    if forecast.sizes[MEMBER_DIM] < 2:
+        return None
+    return _crps("fair", forecast, truth, space, cases, weights)
+
+
+def rank_histogram(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Relative frequency of the truth's rank among the members, by lead (and level), from `scores`."""
+    from scores.probability import rank_histogram as frequencies
+
+    fc, o, _ = _members_joint(forecast, truth)
+    scored = {*cases, *space, MEMBER_DIM}
+    keep = [LEAD_DIM, *(d for d in fc.dims if d not in scored and d != LEAD_DIM)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "NaN in fcst": unscored cases, left out
-        hist = rank_histogram(
-            fc_v,
-            truth_v,
-            MEMBER_DIM,
-            preserve_dims=[d for d in keep if d in fc.dims],
-            weights=weights,
+        hist = frequencies(
+            fc, o, MEMBER_DIM, preserve_dims=[d for d in keep if d in fc.dims], weights=weights
         )
-    out[RANK_HISTOGRAM] = hist
-    return out
+    return hist
 
 
-def add_spread_skill(ds: xr.Dataset, members: int) -> xr.Dataset:
-    """Spread and the spread/skill ratio from the reduced `spread_mse` and ensemble-mean `mse`.
+# Derived scores: from the computed reductions of one forecast (and its member count).
 
-    The ratio carries the (n+1)/n finite-ensemble factor (Fortin et al. 2014), so a reliable
-    ensemble of any size scores 1: E[MSE of the mean] = (n+1)/n E[unbiased variance].
+
+def rmse_of(reductions: xr.Dataset, members: int) -> xr.DataArray:
+    """Root of the MSE averaged over cases and space (square root last, as in WeatherBench 2)."""
+    return np.sqrt(reductions["mse"])
+
+
+def skill_of(reductions: xr.Dataset, reference: xr.Dataset) -> xr.DataArray:
+    """Skill against a reference: 1 - MSE / MSE_ref (`skill_score`)."""
+    return skill_score(reductions["mse"], reference["mse"])
+
+
+def spread_of(reductions: xr.Dataset, members: int) -> xr.DataArray:
+    """Ensemble spread: the root of the mean unbiased variance of the members."""
+    return np.sqrt(reductions["spread_mse"])
+
+
+def spread_skill_of(reductions: xr.Dataset, members: int) -> xr.DataArray:
+    """Spread over the ensemble-mean RMSE, times sqrt((n+1)/n) so a reliable ensemble scores 1.
+
+    E[MSE of the mean] = (n+1)/n E[unbiased variance] for n members (Fortin et al. 2014).
     """
-    if "spread_mse" in ds:
-        ds["spread"] = np.sqrt(ds["spread_mse"])
-        factor = np.sqrt((members + 1) / members)
-        ds["spread_skill"] = factor * ds["spread"] / np.sqrt(ds["mse"].where(ds["mse"] > 0))
-    return ds
+    factor = np.sqrt((members + 1) / members)
+    mse_ = reductions["mse"]
+    return factor * reductions["spread"] / np.sqrt(mse_.where(mse_ > 0))

@@ -1,4 +1,4 @@
-"""The error-against-lead-time figure."""
+"""The figures: the headline metrics of the metric table against lead time, and the rank histograms."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from minconv_cli.evaluate.metric_table import drawn_on, headline, row_of
 from minconv_cli.evaluate.metrics import RANK_DIM
 
 if TYPE_CHECKING:
@@ -22,9 +23,8 @@ def plot_scores(scores: Scores, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     table = scores.table
-    rows = [m for m in ("rmse", "acc") if m in table["metric"].values]
-    if not rows:
-        rows = [str(table["metric"].values[0])]
+    metric_names = [str(m) for m in table["metric"].values]
+    rows = headline(metric_names)
     channels = [str(v) for v in table["variable"].values]
     x = table["lead_hours"].values if scores.lead_is_time else table["lead"].values.astype(float)
     fig, axes = plt.subplots(
@@ -48,12 +48,13 @@ def plot_scores(scores: Scores, path: Path) -> None:
                 (line,) = ax.plot(
                     x, y, ls=ls, marker=marker, ms=3, lw=width, color=color, label=name
                 )
-                if m == "rmse" and "spread" in table["metric"].values:  # an ensemble's spread
-                    sp = table.sel(forecast=name, metric="spread", variable=ch).values
+                for extra in (e for e in drawn_on(m) if e in metric_names):  # an ensemble's spread
+                    sp = table.sel(forecast=name, metric=extra, variable=ch).values
                     if np.isfinite(sp).any():
-                        ax.plot(x, sp, ls="--", color=line.get_color(), label=f"{name} spread")
+                        ax.plot(x, sp, ls="--", color=line.get_color(), label=f"{name} {extra}")
             unit = scores.units.get(ch, "")
-            ylabel = m.upper() + (f" [{unit}]" if m != "acc" and unit and unit != "1" else "")
+            shown = row_of(m).has_units and unit and unit != "1"
+            ylabel = m.upper() + (f" [{unit}]" if shown else "")
             ax.set_ylabel(ylabel)
             ax.set_title(ch if i == 0 else "")
             ax.grid(alpha=0.3)

@@ -20,7 +20,6 @@ from minconv_cli.core.files import Progress, dask_progress
 from minconv_cli.data import Fields, open_fields
 from minconv_cli.data.dims import is_latitude, is_longitude
 from minconv_cli.data.remote import as_source
-from minconv_cli.evaluate import metrics
 from minconv_cli.evaluate.align import (
     LOAD_BELOW_BYTES,
     Aligned,
@@ -29,7 +28,7 @@ from minconv_cli.evaluate.align import (
     onto,
     to_forecast_grid,
 )
-from minconv_cli.evaluate.cases import REASONS, common_cases, overlap_counts
+from minconv_cli.evaluate.cases import REASONS, CaseSet, common_cases, overlap_counts
 from minconv_cli.evaluate.checks import check_units, verify_done_chunks
 from minconv_cli.evaluate.climatology import (
     Climatology,
@@ -39,17 +38,18 @@ from minconv_cli.evaluate.climatology import (
     climatology_from_truth,
 )
 from minconv_cli.evaluate.labels import format_lead, lead_hours
-from minconv_cli.evaluate.metrics import ENSEMBLE_METRICS, RANK_DIM, RANK_HISTOGRAM, ensemble_scores
+from minconv_cli.evaluate.metric_table import (
+    METRICS,
+    UNDEFINED_EMPTY,
+    choices,
+    member_names,
+    reference_names,
+    row_of,
+)
+from minconv_cli.evaluate.metrics import RANK_DIM, RANK_HISTOGRAM, area_weights
 from minconv_cli.rollout.store import INIT_DIM, LEAD_DIM, MEMBER_DIM, ForecastStore, open_forecast
 
-METRICS = ("rmse", "mae", "bias", "acc", "rel_l2")
 REFERENCES = ("persistence", "climatology")
-UNDEFINED = {
-    "acc": "undefined: forecast or truth anomalies are zero in every case (e.g. the climatology itself)",
-    "rel_l2": "undefined: the truth is zero in every case",
-    "skill": "undefined: the reference's MSE is 0 (it is exact here)",
-    "empty": "undefined: no valid cells to score",
-}
 
 
 @dataclass
@@ -88,32 +88,31 @@ def _lazy_scores(
     store: ForecastStore,
     wanted: Sequence[str],
 ) -> dict[str, xr.DataArray]:
-    """The lazy reductions for one forecast and variable: mse, count and each wanted metric."""
+    """The lazy reductions of one forecast and variable: the count and every row of the table it
+    gets (an ensemble: the member rows on its members, the others on its mean)."""
     space = (store.y_dim, store.x_dim)
     cases = (INIT_DIM, *store.sample_dims)
     latlon = is_latitude(store.ds, store.y_dim) and is_longitude(store.ds, store.x_dim)
-    w = metrics.area_weights(store.ds[store.y_dim]) if latlon else None
-    extra = {}
-    if (
-        MEMBER_DIM in fc.dims
-    ):  # an ensemble: the usual metrics on its mean, plus the ensemble scores
-        keep = (LEAD_DIM, store.level_dim)
-        extra = ensemble_scores(fc, truth, space, cases, w, keep)
-        fc = fc.mean(MEMBER_DIM, skipna=False)
-    out = {
-        **extra,
-        "mse": metrics.mse(fc, truth, space, cases, w),
-        "count": (fc - truth).notnull().sum([*cases, *space]),
-    }
-    if "mae" in wanted:
-        out["mae"] = metrics.mae(fc, truth, space, cases, w)
-    if "bias" in wanted:
-        out["bias"] = metrics.bias(fc, truth, space, cases, w)
-    if "rel_l2" in wanted:
-        out["rel_l2"] = metrics.rel_l2(fc, truth, space, cases, w)
-    if "acc" in wanted and clim is not None:
-        out["acc"] = metrics.acc(fc, truth, clim, space, cases, w)
+    w = area_weights(store.ds[store.y_dim]) if latlon else None
+    members = MEMBER_DIM in fc.dims
+    mean = fc.mean(MEMBER_DIM, skipna=False) if members else fc
+    out = {"count": (mean - truth).notnull().sum([*cases, *space])}
+    for row in METRICS.values():
+        if row.applies(wanted, members):
+            value = row.compute(fc if row.needs_members else mean, truth, clim, space, cases, w)
+            if value is not None:
+                out[row.name] = value
     return out
+
+
+def _derive(ds: xr.Dataset, wanted: Sequence[str], members: int) -> xr.Dataset:
+    """The derived rows (RMSE, an ensemble's spread and spread/skill) from computed reductions."""
+    for row in METRICS.values():
+        if row.derive is None or row.per_reference or not row.applies(wanted, members > 0):
+            continue
+        if all(name in ds for name in row.derived_from):
+            ds[row.name] = row.derive(ds, members)
+    return ds
 
 
 def _parse_list(value: Sequence[str] | str, allowed: Sequence[str], option: str) -> list[str]:
@@ -125,11 +124,28 @@ def _parse_list(value: Sequence[str] | str, allowed: Sequence[str], option: str)
     return list(dict.fromkeys(items))
 
 
+def _options(
+    metrics_: Sequence[str] | str | None,
+    references: Sequence[str] | str,
+    climatology: str | Path | None,
+    climatology_period: str | None,
+) -> tuple[list[str], list[str]]:
+    """The metrics (any chosen row of the table; default all) and references asked for."""
+    allowed = choices()
+    wanted = _parse_list(allowed if metrics_ is None else metrics_, allowed, "--metrics")
+    refs = _parse_list(references, REFERENCES, "--references")
+    if not wanted:
+        raise MinconvError("--metrics: give at least one of " + ", ".join(allowed))
+    if climatology is not None and climatology_period is not None:
+        raise MinconvError("--climatology and --climatology-period: give one or the other")
+    return wanted, refs
+
+
 def evaluate(
     forecast: str | Path,
     truth: str | Path | Sequence[str | Path],
     compare: Sequence[str] = (),
-    metrics_: Sequence[str] | str = METRICS,
+    metrics_: Sequence[str] | str | None = None,
     references: Sequence[str] | str = REFERENCES,
     climatology: str | Path | None = None,
     climatology_period: str | None = None,
@@ -137,19 +153,15 @@ def evaluate(
     load_below: int = LOAD_BELOW_BYTES,
     allow_missing_chunks: bool = False,
 ) -> Scores:
-    """Score FORECAST (and the `--compare` forecasts) against TRUTH with the reference forecasts."""
-    wanted = _parse_list(metrics_, METRICS, "--metrics")
-    refs = _parse_list(references, REFERENCES, "--references")
-    if not wanted:
-        raise MinconvError("--metrics: give at least one of " + ", ".join(METRICS))
-    if climatology is not None and climatology_period is not None:
-        raise MinconvError("--climatology and --climatology-period: give one or the other")
+    """Score FORECAST (and the `--compare` forecasts) against TRUTH with the reference forecasts;
+    `metrics_` names rows of the metric table (default: every one `--metrics` accepts)."""
+    wanted, refs = _options(metrics_, references, climatology, climatology_period)
     stores = _open_stores(forecast, compare)
     main = stores[0]
     for s in stores:
         verify_done_chunks(s, allow_missing_chunks)
     fields = open_fields(truth, variables=main.variables, allow_missing_chunks=allow_missing_chunks)
-    use_clim = "climatology" in refs or "acc" in wanted
+    use_clim = "climatology" in refs or any(METRICS[m].needs_climatology for m in wanted)
     clim_file = None
     if use_clim and climatology is not None:
         clim_file = climatology_from_file(
@@ -166,6 +178,23 @@ def evaluate(
     clim = _climatology(fields, main, clim_file, climatology_period, notes) if use_clim else None
     clim_at = _climatology_at(first, clim, notes)
     cases = common_cases(aligned, _references(first, clim_at, refs), clim_at)
+    results = _reduce(aligned, cases, clim_at, wanted, progress)
+    if not any(a.overlap["cases"] for a in aligned):
+        raise MinconvError(_nothing_scored(aligned, fields))
+    used_refs = list(dict.fromkeys(ref for ref, _ in cases.references))
+    return _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+
+
+def _reduce(
+    aligned: list[Aligned],
+    cases: CaseSet,
+    clim_at: dict[str, xr.DataArray] | None,
+    wanted: list[str],
+    progress: Progress | None,
+) -> dict[tuple[str, str], xr.Dataset]:
+    """Every (forecast or reference, variable)'s reductions in one dask pass, then the derived
+    rows; the overlap counts go into each forecast's overlap record."""
+    main = aligned[0].store
     lazy = {
         (a.store.name, v): _lazy_scores(
             cases.forecast[(a.store.name, v)],
@@ -180,21 +209,17 @@ def evaluate(
     for (ref, v), ref_fc in cases.references.items():
         c = clim_at[v] if clim_at is not None else None
         lazy[(ref, v)] = _lazy_scores(ref_fc, cases.truth[v], c, main, wanted)
-    used_refs = list(dict.fromkeys(ref for ref, _ in cases.references))
     keys = list(lazy)
     with dask_progress(progress, every=50), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
         *computed, counts = dask.compute(*[xr.Dataset(lazy[k]) for k in keys], cases.counts)
     for a in aligned:
         a.overlap.update(overlap_counts(a, counts[a.store.name]))
-        a.overlap["case"] = list(map(str, first.ready.dims))
-    if not any(a.overlap["cases"] for a in aligned):
-        raise MinconvError(_nothing_scored(aligned, fields))
-    by_name = {s.name: s for s in stores}
-    results = {
-        k: _finish_ensemble(ds, by_name.get(k[0])) for k, ds in zip(keys, computed, strict=True)
+        a.overlap["case"] = list(map(str, aligned[0].ready.dims))
+    members = {a.store.name: a.store.members or 0 for a in aligned}
+    return {
+        k: _derive(ds, wanted, members.get(k[0], 0)) for k, ds in zip(keys, computed, strict=True)
     }
-    return _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
 
 
 def _nothing_scored(aligned: list[Aligned], fields: Fields) -> str:
@@ -275,13 +300,6 @@ def _climatology_at(
         return None
 
 
-def _finish_ensemble(ds: xr.Dataset, store: ForecastStore | None) -> xr.Dataset:
-    """Spread and spread/skill of an ensemble store's reductions (others pass through)."""
-    from minconv_cli.evaluate.metrics import add_spread_skill as finish
-
-    return finish(ds, store.members) if store is not None and store.members else ds
-
-
 def _channel_name(fields: Fields, variable: str, level: Any) -> str:
     for ch in fields.channels:
         if ch.variable == variable and ch.level == level:
@@ -304,20 +322,20 @@ def _assemble(
     names = [s.name for s in stores] + refs
     per, units = _per_channel(results, main, fields, leads)
     channels = list(dict.fromkeys(ch for _, ch in per))
-    metric_names = [m for m in wanted] + [f"skill_vs_{r}" for r in refs]
+    metric_names = [*wanted, *reference_names(refs)]
     if any(s.members for s in stores):
-        metric_names += [m for m in ENSEMBLE_METRICS if any(m in ds for ds in per.values())]
+        metric_names += [m for m in member_names() if any(m in ds for ds in per.values())]
     rank_hists = {
         key: ds[RANK_HISTOGRAM].rename({LEAD_DIM: "lead"}).transpose("lead", RANK_DIM)
         for key, ds in per.items()
         if RANK_HISTOGRAM in ds
     }
+    per_reference = [row for row in METRICS.values() if row.per_reference]
     for (name, ch), ds in per.items():
-        if "rmse" in wanted:
-            ds["rmse"] = np.sqrt(ds["mse"])
-        for r in refs:
-            if r != name and (r, ch) in per:
-                ds[f"skill_vs_{r}"] = metrics.skill_score(ds["mse"], per[(r, ch)]["mse"])
+        for row in per_reference:
+            for r in refs:
+                if r != name and (r, ch) in per:
+                    ds[f"{row.name}_vs_{r}"] = row.derive(ds, per[(r, ch)])
     table = xr.DataArray(
         np.full((len(names), len(metric_names), len(channels), len(leads)), np.nan),
         dims=("forecast", "metric", "variable", "lead"),
@@ -389,8 +407,7 @@ def _fill(
                 value = float(ds[m].values[i])
                 note = None
                 if not math.isfinite(value):
-                    kind = "empty" if count == 0 else ("skill" if m.startswith("skill") else m)
-                    note = UNDEFINED.get(kind, UNDEFINED["empty"])
+                    note = UNDEFINED_EMPTY if count == 0 else row_of(m).undefined
                     seen = undefined.setdefault((name, m, note), ({}, {}))
                     seen[0][ch], seen[1][format_lead(lead, lead_unit)] = None, None
                 records.append(

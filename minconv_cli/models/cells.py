@@ -1,20 +1,25 @@
 """Recurrent cells: the Min family (MinConvGRU/LSTM/ExpLSTM) and the ConvGRU/ConvLSTM baselines.
 
 Every cell works on time-major sequences (T, B, C, H, W) and single frames (B, C, H, W):
-`sequence(x, state) -> (h, state)` and `step(x, state) -> (h, state)`; a state of None means zeros.
+`sequence(x, state) -> (h, state)`, `step(x, state) -> (h, state)` (a state of None means zeros)
+and `init_state(batch, grid, like)`; `build(row, spec, in_channels, hidden)` makes one layer's
+cell for a model row. `CELLS` (at the end) names them for the model table (`spec.MODELS`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from minconv_cli.models.gates import FUSED_BACKENDS, fused_recurrence, g, update_logit
+from minconv_cli.models.gates import FUSED_BACKENDS, fused_recurrence, g, update_gate
 from minconv_cli.models.padding import GridConv2d
 from minconv_cli.models.scan import linear_recurrence
+from minconv_cli.models.spec import SCAN_BACKENDS
 
-MIN_KINDS = {"minconvgru": "gru", "minconvlstm": "lstm", "minconvexplstm": "explstm"}
-CELL_BACKENDS = ("auto", "fused", "triton", "linear", "log")
+if TYPE_CHECKING:
+    from minconv_cli.models.spec import ModelRow, ModelSpec
 
 
 class MinConvCell(nn.Module):
@@ -30,20 +35,25 @@ class MinConvCell(nn.Module):
         self, kind: str, in_channels: int, hidden: int, conv_kwargs: dict, backend: str = "auto"
     ):
         super().__init__()
-        if backend not in CELL_BACKENDS:
+        if backend not in SCAN_BACKENDS:
             raise ValueError(
-                f"scan_backend: expected one of {', '.join(CELL_BACKENDS)}, got {backend!r}"
+                f"scan_backend: expected one of {', '.join(SCAN_BACKENDS)}, got {backend!r}"
             )
         self.kind = kind
+        self.update = update_gate(kind)
         self.hidden = hidden
         self.backend = backend
-        n_gates = 2 if kind == "gru" else 3
-        self.conv = GridConv2d(in_channels, n_gates * hidden, **conv_kwargs)
+        n_maps = self.update.maps + 1  # the update gate's maps, then the candidate's
+        self.conv = GridConv2d(in_channels, n_maps * hidden, **conv_kwargs)
+
+    @classmethod
+    def build(cls, row: ModelRow, spec: ModelSpec, in_channels: int, hidden: int) -> MinConvCell:
+        return cls(row.gate, in_channels, hidden, spec.conv_options(), spec.scan_backend)
 
     def logits(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(s, p) from the conv output u (..., n_gates*hidden, H, W): z = sigmoid(s), candidate g(p)."""
+        """(s, p) from the conv output u (..., n_maps*hidden, H, W): z = sigmoid(s), candidate g(p)."""
         parts = list(u.split(self.hidden, dim=-3))
-        return update_logit(self.kind, parts[:-1]), parts[-1]
+        return self.update.logit(parts[:-1]), parts[-1]
 
     def gates(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The recurrence coefficients (a, b) from the conv output: h_t = a h_{t-1} + b."""
@@ -103,6 +113,10 @@ class ConvGRUCell(_StepwiseCell):
         self.gates_conv = GridConv2d(in_channels + hidden, 2 * hidden, **conv_kwargs)
         self.cand_conv = GridConv2d(in_channels + hidden, hidden, **conv_kwargs)
 
+    @classmethod
+    def build(cls, row: ModelRow, spec: ModelSpec, in_channels: int, hidden: int) -> ConvGRUCell:
+        return cls(in_channels, hidden, spec.conv_options())
+
     def step(self, x: torch.Tensor, state: torch.Tensor | None):
         h = state if state is not None else x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
         z, r = torch.sigmoid(self.gates_conv(torch.cat([x, h], dim=1))).chunk(2, dim=1)
@@ -132,6 +146,11 @@ class ConvLSTMCell(_StepwiseCell):
         else:
             self.register_parameter("peep", None)
 
+    @classmethod
+    def build(cls, row: ModelRow, spec: ModelSpec, in_channels: int, hidden: int) -> ConvLSTMCell:
+        grid = tuple(spec.grid) if spec.grid is not None else None
+        return cls(in_channels, hidden, spec.conv_options(), peepholes=spec.peepholes, grid=grid)
+
     def step(self, x: torch.Tensor, state):
         if state is None:
             zeros = x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
@@ -150,3 +169,19 @@ class ConvLSTMCell(_StepwiseCell):
     def init_state(self, batch: int, grid: tuple[int, int], like: torch.Tensor):
         zeros = like.new_zeros(batch, self.hidden, *grid)
         return (zeros, zeros.clone())
+
+
+# a model row's `cell` -> its class
+CELLS: dict[str, type[nn.Module]] = {
+    "min": MinConvCell,
+    "convgru": ConvGRUCell,
+    "convlstm": ConvLSTMCell,
+}
+
+
+def cell_class(kind: str) -> type[nn.Module]:
+    """The cell class of a model row's `cell`; a ValueError naming the known cells otherwise."""
+    cls = CELLS.get(kind)
+    if cls is None:
+        raise ValueError(f"cell: expected one of {', '.join(CELLS)}, got {kind!r}")
+    return cls

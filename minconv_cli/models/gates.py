@@ -1,13 +1,15 @@
 """Min-cell gate arithmetic and the fused gate + recurrence autograd function.
 
 Every Min cell is h_t = lerp(h_{t-1}, g(p_t), z_t) = (1 - z_t) h_{t-1} + z_t g(p_t) with
-z_t = sigmoid(s_t); the cells differ only in the logit s (see `update_logit`).
+z_t = sigmoid(s_t); the cells differ only in the logit s (`UPDATE_GATES`).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,20 +25,50 @@ def g(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.sigmoid(x), x + 0.5)
 
 
-def update_logit(kind: str, gates: list[torch.Tensor]) -> torch.Tensor:
-    """The logit s of the update gate z = sigmoid(s) = 1 - a_t for one Min cell kind.
+class UpdateGate(NamedTuple):
+    """How a Min cell kind forms its update logit: from how many gate maps of its conv output
+    (the candidate's map comes after them), and the logit of those maps."""
 
-    gru: s = k. lstm: z = 1 - sigmoid(f)/(sigmoid(f)+sigmoid(i)) = sigmoid(d) with
-    d = softplus(-f) - softplus(-i) (stable for any f, i). explstm: z = 1 - sigmoid(f - i).
-    """
-    if kind == "gru":
-        return gates[0]
+    maps: int
+    logit: Callable[[list[torch.Tensor]], torch.Tensor]
+
+
+def _gru_logit(gates: list[torch.Tensor]) -> torch.Tensor:
+    return gates[0]
+
+
+def _lstm_logit(gates: list[torch.Tensor]) -> torch.Tensor:
     f, i = gates
-    if kind == "lstm":
-        return F.logsigmoid(i) - F.logsigmoid(f)  # = softplus(-f) - softplus(-i)
-    if kind == "explstm":
-        return i - f
-    raise ValueError(f"Min cell kind: expected gru, lstm or explstm, got {kind!r}")
+    return F.logsigmoid(i) - F.logsigmoid(f)  # = softplus(-f) - softplus(-i)
+
+
+def _explstm_logit(gates: list[torch.Tensor]) -> torch.Tensor:
+    f, i = gates
+    return i - f
+
+
+# the Min cell kinds (a model row's `gate`): gru: s = k. lstm: z = 1 - sigmoid(f)/(sigmoid(f) +
+# sigmoid(i)) = sigmoid(d) with d = softplus(-f) - softplus(-i) (stable for any f, i).
+# explstm: z = 1 - sigmoid(f - i).
+UPDATE_GATES = {
+    "gru": UpdateGate(1, _gru_logit),
+    "lstm": UpdateGate(2, _lstm_logit),
+    "explstm": UpdateGate(2, _explstm_logit),
+}
+
+
+def update_gate(kind: str) -> UpdateGate:
+    """The update gate of Min cell kind `kind`; a ValueError naming the known kinds otherwise."""
+    gate = UPDATE_GATES.get(kind)
+    if gate is None:
+        *first, last = UPDATE_GATES
+        raise ValueError(f"Min cell kind: expected {', '.join(first)} or {last}, got {kind!r}")
+    return gate
+
+
+def update_logit(kind: str, gates: list[torch.Tensor]) -> torch.Tensor:
+    """The logit s of the update gate z = sigmoid(s) = 1 - a_t for one Min cell kind."""
+    return update_gate(kind).logit(gates)
 
 
 def gated_recurrence(s: torch.Tensor, p: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:

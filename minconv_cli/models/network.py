@@ -13,14 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minconv_cli.core.precision import full_precision
-from minconv_cli.models.cells import MIN_KINDS, ConvGRUCell, ConvLSTMCell, MinConvCell
+from minconv_cli.core.precision import autocast, full_precision
+from minconv_cli.models.cells import cell_class
+from minconv_cli.models.spec import model_row
 
 if TYPE_CHECKING:
     from minconv_cli.models.spec import ModelSpec
 
-NORMS = ("layer", "instance", "group", "none")
-PREDICTS = ("next", "increment")
 CHUNK_ELEMENTS = 2**22
 
 
@@ -51,7 +50,13 @@ class GridNorm(nn.Module):
 
 
 class RecurrentForecaster(nn.Module):
-    """A stack of recurrent conv cells between 1x1 encoder and decoder, built from a `ModelSpec`."""
+    """A stack of recurrent conv cells between 1x1 encoder and decoder, built from a `ModelSpec`.
+
+    `precision` (resolved: fp32 or bf16; set by whoever runs the model, not stored with it) is that
+    of the convolutions: `forward` and `step` run under its autocast; the recurrence, the norms,
+    the 1x1 maps, the state and the outputs stay fp32 whatever it is."""
+
+    precision = "fp32"
 
     def __init__(self, spec: ModelSpec) -> None:
         """`spec` validated and resolved (`create_model` does that); it is kept as `self.spec`."""
@@ -68,20 +73,15 @@ class RecurrentForecaster(nn.Module):
         self.grid = grid
         self.predict = spec.predict
         self.time_chunk = spec.time_chunk
-        conv_kwargs = spec.conv_options()
+        row = model_row(name)  # the model table's row: which cell (never a fallback)
+        make_cell = cell_class(row.cell)
         self.encoder = nn.Conv2d(spec.in_channels, widths[0], 1)
         self.cells = nn.ModuleList()
         self.projections = nn.ModuleList()
         self.norms = nn.ModuleList()
         prev = widths[0]
         for w in widths:
-            if name in MIN_KINDS:
-                cell = MinConvCell(MIN_KINDS[name], prev, w, conv_kwargs, spec.scan_backend)
-            elif name == "convgru":
-                cell = ConvGRUCell(prev, w, conv_kwargs)
-            else:
-                cell = ConvLSTMCell(prev, w, conv_kwargs, peepholes=spec.peepholes, grid=grid)
-            self.cells.append(cell)
+            self.cells.append(make_cell.build(row, spec, prev, w))
             # the residual needs the layer's width: a 1x1 projection where widths change
             self.projections.append(nn.Identity() if prev == w else nn.Conv2d(prev, w, 1))
             self.norms.append(GridNorm(spec.norm, w, grid, spec.norm_groups))
@@ -161,7 +161,8 @@ class RecurrentForecaster(nn.Module):
         """One step: x_t (B, C_dyn, H, W) -> (prediction of the next frame (B, C_out, H, W), state)."""
         self._check(x_t, static, time_dim=False)
         states = list(state) if state is not None else [None] * len(self.cells)
-        y, states = self._layers(x_t.unsqueeze(0), static, states, stepwise=True)
+        with autocast(x_t.device, self.precision):
+            y, states = self._layers(x_t.unsqueeze(0), static, states, stepwise=True)
         return y[0], states
 
     def forward(
@@ -188,14 +189,15 @@ class RecurrentForecaster(nn.Module):
         frames = x[:, :context].transpose(0, 1)
         chunk = self._chunk_length(x)
         outs = []
-        for start in range(0, context, chunk):
-            y, states = self._layers(frames[start : start + chunk], static, states, stepwise=False)
-            outs.append(y)
-        prev = outs[-1][-1]
-        for _ in range(context, T):
-            y, states = self._layers(prev.unsqueeze(0), static, states, stepwise=True)
-            prev = y[0]
-            outs.append(y)
+        with autocast(x.device, self.precision):
+            for start in range(0, context, chunk):
+                y, states = self._layers(frames[start : start + chunk], static, states, False)
+                outs.append(y)
+            prev = outs[-1][-1]
+            for _ in range(context, T):
+                y, states = self._layers(prev.unsqueeze(0), static, states, stepwise=True)
+                prev = y[0]
+                outs.append(y)
         y = torch.cat(outs).transpose(0, 1)
         return (y, states) if return_state else y
 

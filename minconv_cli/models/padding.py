@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PADDINGS = ("zeros", "circular", "cylinder")
-CYLINDER_PADS = ("zeros", "replicate")
+from minconv_cli.models.spec import CYLINDER_PADS, PADDINGS
 
 
 class GridConv2d(nn.Conv2d):

@@ -1,32 +1,66 @@
-"""`ModelSpec`: the one description of a model (as nanoGPT's `GPTConfig`).
+"""`ModelSpec`: the one description of a model (as nanoGPT's `GPTConfig`), and the model table.
 
 Every architecture option is a field here, with its default and (for string options) its choices.
 `create_model(spec)` builds it, a model keeps its resolved spec (`model.spec`; `model.hparams` is
 `asdict(model.spec)`), a checkpoint stores that dict and rebuilds from it, and the training
-config's `model` section (`config.ModelConfig`) is this class with training defaults. Adding an
-option means: a field here, the code that uses it (a cell, the network, or the convolution: a
-`conv` field reaches `GridConv2d` through `conv_options()`), and its test.
+config's `model` section (`config.ModelConfig`) holds the same options with training defaults.
+Adding an option means: a field here, the code that uses it (a cell, the network, or the
+convolution: a `conv` field reaches `GridConv2d` through `conv_options()`), and its test. Adding
+a model means: a row in `MODELS` (and a cell class in `cells.CELLS` if no cell fits).
 
 Fields marked `from_data` (channels, grid, per-layer widths) are set from the data when training,
-never by config keys.
+never by config keys. This module imports nothing of the package: the choices of every option
+live here, and the modules that use them import them from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from minconv_cli.models.cells import CELL_BACKENDS
-from minconv_cli.models.network import NORMS, PREDICTS
-from minconv_cli.models.padding import CYLINDER_PADS, PADDINGS
 
-MODEL_NAMES = ("minconvgru", "minconvlstm", "minconvexplstm", "convgru", "convlstm")
+@dataclass(frozen=True)
+class ModelRow:
+    """One model of the table: its cell (a key of `cells.CELLS`), the update gate of a Min cell
+    (a key of `gates.UPDATE_GATES`; None for cells that have their own gates) and a line for
+    the docs (docs/models.md lists every row)."""
+
+    cell: str
+    gate: str | None = None
+    about: str = ""
+
+
+# name -> row: the one list of models; the spec's `name` choices, the network and the docs read it
+MODELS: dict[str, ModelRow] = {
+    "minconvgru": ModelRow("min", "gru", "MinConvGRU: update gate z = sigmoid(k)"),
+    "minconvlstm": ModelRow("min", "lstm", "MinConvLSTM: forget and input gates, normalised"),
+    "minconvexplstm": ModelRow("min", "explstm", "MinConvExpLSTM: z = 1 - sigmoid(f - i)"),
+    "convgru": ModelRow("convgru", about="ConvGRU baseline, gates from conv[x, h]"),
+    "convlstm": ModelRow(
+        "convlstm", about="ConvLSTM baseline (Shi et al. 2015), peepholes optional"
+    ),
+}
+MODEL_NAMES = tuple(MODELS)
+PADDINGS = ("zeros", "circular", "cylinder")
+CYLINDER_PADS = ("zeros", "replicate")
+NORMS = ("layer", "instance", "group", "none")
 NORM_CHOICES = ("auto", *NORMS)
+PREDICTS = ("next", "increment")
+SCAN_BACKENDS = ("auto", "fused", "triton", "linear", "log")
+
+
+def model_row(name: str) -> ModelRow:
+    """The table's row of model `name`; a ValueError naming the known models for any other."""
+    row = MODELS.get(name)
+    if row is None:
+        raise ValueError(f"model: expected one of {', '.join(MODELS)}, got {name!r}")
+    return row
 
 
 def choice(
-    default: str, choices: tuple[str, ...], label: str | None = None, conv: bool = False
+    default: str, choices: Collection[str], label: str | None = None, conv: bool = False
 ) -> Any:
     """A string field with its allowed values (checked by `ModelSpec.validated` and the config)."""
     return field(default=default, metadata={"choices": choices, "label": label, "conv": conv})
@@ -48,7 +82,7 @@ class ModelSpec:
     dynamic input channels), `widths=None` (`layers` x `width`), `norm="auto"` (see `auto_norm`);
     `model.spec` always holds them resolved."""
 
-    name: str = choice("minconvgru", MODEL_NAMES, label="model")
+    name: str = choice("minconvgru", MODELS, label="model")  # the live table
     in_channels: int = from_data(0)  # inputs per frame, static channels included
     out_channels: int | None = from_data(None)
     width: int = 32
@@ -60,7 +94,7 @@ class ModelSpec:
     widths: list[int] | None = from_data(None)  # per layer; overrides width and layers
     predict: str = choice("next", PREDICTS)  # increment: the output is added to the input frame
     static_channels: int = from_data(0)  # inputs that are not predicted
-    scan_backend: str = choice("auto", CELL_BACKENDS)  # Min cells' recurrence
+    scan_backend: str = choice("auto", SCAN_BACKENDS)  # Min cells' recurrence
     peepholes: bool = False  # convlstm
     cylinder_pad: str = choice("zeros", CYLINDER_PADS, conv=True)  # cylinder padding at the poles
     norm_groups: int = 1  # norm="group"
@@ -146,10 +180,3 @@ class ModelSpec:
             norm_groups=int(self.norm_groups),
             time_chunk=int(self.time_chunk),
         )
-
-    @classmethod
-    def take(cls, other: Any, **changes: Any) -> ModelSpec:
-        """A plain spec with `other`'s values of every spec field (e.g. from a `ModelConfig`),
-        then `changes`."""
-        values = {f.name: getattr(other, f.name) for f in dataclasses.fields(cls)}
-        return cls(**{**values, **changes})

@@ -1,14 +1,212 @@
-"""Ensemble members: how many, which checkpoint runs each, their perturbed context frames, their
-per-lead model-error term and their recentring (for `minconv rollout --members`)."""
+"""Forecast plans: which rows a rollout forecasts, from which initial frames, and what happens to
+every lead before it is fed back (a per-step perturbation, a mixing of the members).
+
+The deterministic forecast is the plan whose every part is the identity; an ensemble is a plan
+(`EnsemblePlan`, made of `EnsembleSpec`, `perturb`, `step_noise_draws` and `recentre_matrix`), not
+a branch of the rollout. To add a perturbation, subclass `DeterministicPlan` (or `EnsemblePlan`)
+and override `initial` or `leads`; see docs/rollout.md.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from minconv_cli.compat import ensemble_settings
 from minconv_cli.core.errors import MinconvError
+from minconv_cli.rollout.forecast_loop import LeadRule, MemberLeads, residual_count, unchanged_leads
+
+Row = tuple[int, int, tuple[int, ...]]  # (init position, flat sample, store position)
+Key = tuple[int, int, tuple[int, ...]]  # (data time index of the init, flat sample, store position)
+
+
+class ForecastPlan:
+    """What a rollout forecasts: its rows, their initial frames and the rule applied to every lead.
+
+    Every hook here is the identity, which is the deterministic forecast; a plan overrides the
+    ones it changes. Rows are (init position, flat sample, store position); keys, which seed
+    perturbations, are (data time index of the init, flat sample, store position).
+    """
+
+    members: int | None = None  # the size of the store's `number` dim (None: no such dim)
+
+    def check_data(self, fields: Any) -> None:
+        """Refuse DATA the plan cannot write (after it was opened)."""
+
+    def check_context(self, context: int) -> None:
+        """Refuse a context the plan cannot work with."""
+
+    def template(self, template: Any, encoding: dict) -> tuple[Any, dict]:
+        """The store template (and encoding) with the plan's own dims."""
+        return template, encoding
+
+    def rows(self, sequences: list[Row]) -> list[Row]:
+        """Every row of the store, in store order, from the (init, sample) sequences."""
+        return sequences
+
+    def pending(self, rows: list[Row], done: Any) -> list[Row]:
+        """The rows still to forecast, given the store's done flags."""
+        return [row for row in rows if not done[row[2]]]
+
+    def checkpoint_of(self, row: Row) -> int:
+        """Which checkpoint (index in the command) runs `row`."""
+        return 0
+
+    def batches(self, rows: list[Row], batch_size: int) -> list[list[Row]]:
+        """`rows` cut into the batches forecast together."""
+        return [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+
+    def initial(self, frames: np.ndarray, keys: Sequence[Key], std: np.ndarray) -> np.ndarray:
+        """Each row's context frames (B, K, C, H, W, physical units) as the model ingests them."""
+        return frames
+
+    def leads(self, keys: Sequence[Key], steps: int, context: int) -> LeadRule:
+        """The batch's rule for every lead (normalised units), applied before it is fed back."""
+        return unchanged_leads
+
+    def settings(self, checkpoints_sha256: list[str]) -> dict:
+        """What a resumed run must share with the store beyond the deterministic settings."""
+        return {}
+
+    def attrs(self, checkpoints: list[str]) -> dict:
+        """Global store attrs the plan adds."""
+        return {}
+
+
+class DeterministicPlan(ForecastPlan):
+    """One forecast per (init time, sample) from the frames as read: no `number` dim."""
+
+
+def make_plan(
+    n_checkpoints: int,
+    members: int | None,
+    perturbation: float,
+    perturbation_smoothing: float,
+    seed: int,
+    step_noise: float,
+    recentre: bool = False,
+) -> ForecastPlan:
+    """The plan the rollout options ask for: an ensemble (`members`, or several checkpoints),
+    else the deterministic forecast."""
+    if members is not None or n_checkpoints > 1:
+        return EnsemblePlan(
+            EnsembleSpec(
+                n_checkpoints if members is None else members,
+                n_checkpoints,
+                perturbation,
+                perturbation_smoothing,
+                seed,
+                step_noise,
+                recentre,
+            )
+        )
+    if recentre:
+        raise MinconvError("--recentre: needs an ensemble (--members, or several checkpoints)")
+    if step_noise:
+        raise MinconvError("--step-noise: needs an ensemble (--members, or several checkpoints)")
+    return DeterministicPlan()
+
+
+@dataclass(frozen=True)
+class EnsemblePlan(ForecastPlan):
+    """An ensemble: a `number` dim, members spread over the checkpoints in blocks, perturbed
+    context frames, step noise and recentring as `spec` says (see `EnsembleSpec`)."""
+
+    spec: EnsembleSpec
+
+    @property
+    def members(self) -> int:  # type: ignore[override]
+        return self.spec.members
+
+    def check_data(self, fields: Any) -> None:
+        if "number" in fields.sample_dims:
+            raise MinconvError(f"{fields.path_label}: has a 'number' dim, the ensemble member dim")
+
+    def check_context(self, context: int) -> None:
+        if self.spec.step_noise and residual_count(context) < 1:
+            raise MinconvError(
+                f"--step-noise: draws from the model's one-step errors on the context, so it needs "
+                f"--context of at least 2, got {context}"
+            )
+
+    def template(self, template: Any, encoding: dict) -> tuple[Any, dict]:
+        from minconv_cli.rollout.store import DONE, add_member_dim
+
+        return add_member_dim(template, encoding, self.spec, DONE)
+
+    def rows(self, sequences: list[Row]) -> list[Row]:
+        """Store positions (init, member, *sample), in store order."""
+        members = range(self.spec.members)
+        rows = ((i, s, (pos[0], m, *pos[1:])) for i, s, pos in sequences for m in members)
+        return sorted(rows, key=lambda row: row[2])
+
+    def pending(self, rows: list[Row], done: Any) -> list[Row]:
+        if not self.spec.recentre:
+            return super().pending(rows, done)
+        # a block is recentred on its control: redo it whole
+        open_blocks = {self.block(row) for row in rows if not done[row[2]]}
+        return [row for row in rows if self.block(row) in open_blocks]
+
+    def checkpoint_of(self, row: Row) -> int:
+        return self.spec.checkpoint_of(row[2][1])
+
+    def block(self, row: Row | Key) -> tuple:
+        """The ensemble block of a row (or key): its init, sample and checkpoint."""
+        return (row[0], row[1], self.checkpoint_of(row))
+
+    def batches(self, rows: list[Row], batch_size: int) -> list[list[Row]]:
+        """With recentring, batches of whole blocks (at least one, however big)."""
+        if not self.spec.recentre:
+            return super().batches(rows, batch_size)
+        blocks: dict[tuple, list] = {}
+        for row in rows:
+            blocks.setdefault(self.block(row), []).append(row)
+        out: list[list[Row]] = []
+        for block in blocks.values():
+            if out and len(out[-1]) + len(block) <= batch_size:
+                out[-1].extend(block)
+            else:
+                out.append(list(block))
+        return out
+
+    def initial(self, frames: np.ndarray, keys: Sequence[Key], std: np.ndarray) -> np.ndarray:
+        return perturb(frames, std, self.spec, _member_keys(keys))
+
+    def step_perturbation(
+        self, keys: Sequence[Key], steps: int, context: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The batch's step noise draws (see `step_noise_draws`), None without step noise."""
+        if not self.spec.step_noise:
+            return None
+        return step_noise_draws(self.spec, _member_keys(keys), steps, residual_count(context))
+
+    def mixing(self, keys: Sequence[Key]) -> np.ndarray | None:
+        """The batch's recentring matrix (see `recentre_matrix`), None without recentring."""
+        if not self.spec.recentre:
+            return None
+        blocks = [self.block(key) for key in keys]
+        return recentre_matrix(self.spec, [pos[1] for _, _, pos in keys], blocks)
+
+    def leads(self, keys: Sequence[Key], steps: int, context: int) -> LeadRule:
+        return MemberLeads(self.step_perturbation(keys, steps, context), self.mixing(keys))
+
+    def settings(self, checkpoints_sha256: list[str]) -> dict:
+        return {"ensemble": {**self.spec.settings(), "checkpoints_sha256": checkpoints_sha256}}
+
+    def attrs(self, checkpoints: list[str]) -> dict:
+        return {
+            "checkpoints": json.dumps(checkpoints),
+            "ensemble": json.dumps(self.spec.settings()),
+        }
+
+
+def _member_keys(keys: Sequence[Key]) -> list[tuple[int, int, int]]:
+    """(data time index, flat sample, member) per row: what seeds each member's draws."""
+    return [(t, s, pos[1]) for t, s, pos in keys]
 
 
 @dataclass(frozen=True)
@@ -73,18 +271,17 @@ class EnsembleSpec:
 
     def settings(self) -> dict:
         """What a resumed run must share with the store (recorded in its settings)."""
-        out = {
-            "members": self.members,
-            "checkpoints": self.checkpoints,
-            "perturbation": self.perturbation,
-            "smoothing": self.smoothing,
-            "seed": self.seed,
-        }
-        if self.step_noise:  # stores made before the option keep matching their settings
-            out["step_noise"] = self.step_noise
-        if self.recentre:
-            out["recentre"] = True
-        return out
+        return ensemble_settings(
+            {
+                "members": self.members,
+                "checkpoints": self.checkpoints,
+                "perturbation": self.perturbation,
+                "smoothing": self.smoothing,
+                "seed": self.seed,
+                "step_noise": self.step_noise,
+                "recentre": self.recentre,
+            }
+        )
 
 
 def perturb(
@@ -111,12 +308,6 @@ def perturb(
             z = _smooth(z, spec.smoothing)
         out[b] += (z * scale).astype(np.float32)
     return out
-
-
-def residual_count(context: int) -> int:
-    """How many one-step residuals of the context the step noise draws from: those of its second
-    half (the first half spins the state up)."""
-    return (context - 1) - (context - 1) // 2
 
 
 def step_noise_draws(

@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.models.checkpoint import GridOrder, LoadedCheckpoint
 from minconv_cli.rollout.forecast_loop import forecast
 from minconv_cli.rollout.init_times import select_init_times, time_labels
+from minconv_cli.rollout.plan import ForecastPlan, Key, Row, make_plan
 from minconv_cli.rollout.store import (
-    DONE,
     MODES,
     SETTINGS_ATTR,
     StoreWriter,
@@ -84,15 +84,25 @@ class Job:
             for s in range(self.fields.n_samples)
         ]
 
-    def context_frames(self, batch: Sequence[tuple[int, int, Any]]) -> np.ndarray:
-        """(B, K, C, H, W) physical frames up to and including each init time."""
-        stop = self.init_index[[i for i, _, _ in batch]] + 1
-        return np.stack(
+    def context_frames(self, batch: Sequence[Row]) -> np.ndarray:
+        """(B, K, C, H, W) physical frames up to and including each init time; rows of one (init,
+        sample), such as ensemble members, share one read."""
+        pairs = list(dict.fromkeys((i, s) for i, s, _ in batch))
+        stop = self.init_index[[i for i, _ in pairs]] + 1
+        read = np.stack(
             [
                 self.order.orient(self.fields.frames(s, int(t) - self.context, int(t)))
-                for (_, s, _), t in zip(batch, stop, strict=True)
+                for (_, s), t in zip(pairs, stop, strict=True)
             ]
         )
+        if len(pairs) == len(batch):
+            return read
+        where = {pair: n for n, pair in enumerate(pairs)}
+        return read[[where[(i, s)] for i, s, _ in batch]]
+
+    def keys(self, batch: Sequence[Row]) -> list[Key]:
+        """(data time index of the init, flat sample, store position) of each row."""
+        return [(int(self.init_index[i]), s, pos) for i, s, pos in batch]
 
     def static(self) -> np.ndarray | None:
         if not self.fields.static_channels:
@@ -123,12 +133,12 @@ def rollout(
     step_noise: float = 0.0,
     recentre: bool = False,
     allow_missing_chunks: bool = False,
+    plan: ForecastPlan | None = None,
 ) -> RolloutResult:
     """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
 
-    An ensemble (`members`, or several checkpoints) gets a `number` dim; see `EnsembleSpec` for
-    how members are spread over the checkpoints and perturbed. Without it the store has none.
-
+    `plan` (by default `make_plan` of the ensemble options: an ensemble of `members`, or of
+    several checkpoints, gets a `number` dim) gives the rows, their initial frames and lead rule.
     `subset` selects part of DATA first, as `minconv train` splits do (`split=test`,
     `trajectory=150:200`, a time range `START/END`).
     mode: `create` (refuse an existing `out`), `overwrite` (replace it once the new store is
@@ -137,128 +147,61 @@ def rollout(
     auto keeps the store's own precision). Everything is checked before anything is written.
     `allow_missing_chunks`: Zarr chunks of DATA that are not stored read as NaN (else an error).
     """
-    from minconv_cli.core.precision import resolve_precision
-
     started = time.perf_counter()
     check_not_blank(subset, "--subset")
-    names = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
-    paths = [local_path(c, "CHECKPOINT") for c in names]
+    paths = [local_path(c, "CHECKPOINT") for c in _as_list(checkpoint)]
     out, data = local_path(out, "--out"), [as_source(p) for p in data]
     with output_lock(out, command):  # one writer per store
         recover(out)  # what a killed run left beside it
-        spec = _ensemble_spec(
-            len(paths), members, perturbation, perturbation_smoothing, seed, step_noise, recentre
-        )
+        if plan is None:
+            ensemble = (members, perturbation, perturbation_smoothing, seed, step_noise, recentre)
+            plan = make_plan(len(paths), *ensemble)
         _check_request(steps, batch_size, zarr_format, mode, out, data)
         dev = resolve_device(device)
         keep_freed_memory()
-        if precision == "auto" and mode == "resume" and resume_target(out).exists():
-            precision = stored_precision(resume_target(out))
-        precision = resolve_precision(precision, dev, "--precision")
+        precision = _precision(precision, mode, out, dev)
         loads = _load_checkpoints(paths, dev)
-        context = _context(loads, context, step_noise)
-        job = _job(loads[0], data, subset, init_times, context, steps, spec, allow_missing_chunks)
-        model_name = loads[0].meta.model.name
+        context = _context(loads, context, plan)
+        job = _job(loads[0], data, subset, init_times, context, steps, plan, allow_missing_chunks)
         settings, attrs = _store_settings(
-            job, data, paths, spec, subset, precision, command, model_name
+            job, data, paths, plan, subset, precision, command, loads[0].meta.model.name
         )
-        clock = {"read": 0.0, "model": 0.0, "write": 0.0}
-        t0 = time.perf_counter()
-        target, todo, pending = _open_store(job, spec, out, mode, settings, attrs, zarr_format)
-        clock["write"] += time.perf_counter() - t0
-        writer = StoreWriter(target, job.fields, members=spec is not None)
-        if progress:
-            progress(len(todo) - len(pending), len(todo))
-        run = _Run(job, spec, writer, batch_size, dev, precision, clock, progress, len(todo))
-        run.forecast(loads, pending)
-        finish(target, out)
-        return RolloutResult(
-            path=str(out),
-            init_times=time_labels(job.fields.times[job.init_index]),
-            samples=job.fields.n_samples,
-            steps=steps,
-            members=spec.members if spec is not None else None,
-            variables=job.fields.variables,
-            written=len(pending),
-            skipped=len(todo) - len(pending),
-            seconds=round(time.perf_counter() - started, 3),
-            timings={k: round(v, 4) for k, v in clock.items()},
-        )
+        run = _Run(job, plan, batch_size, dev, precision, progress)
+        run.open_store(out, mode, settings, attrs, zarr_format)
+        run.forecast(loads)
+        return run.complete(out, started)
+
+
+def _as_list(checkpoint: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+
+
+def _precision(precision: str, mode: str, out: Path, dev: Any) -> str:
+    """`--precision` resolved for `dev`; `auto` on `--resume` keeps the store's own."""
+    from minconv_cli.core.precision import resolve_precision
+
+    if precision == "auto" and mode == "resume" and resume_target(out).exists():
+        precision = stored_precision(resume_target(out))
+    return resolve_precision(precision, dev, "--precision")
 
 
 def _open_store(
-    job: Job, spec: Any, out: Path, mode: str, settings: dict, attrs: dict, zarr_format: int
-) -> tuple[Path, list, list]:
-    """(where to write, every sequence in store order, those not done yet)."""
-    from minconv_cli.rollout.store import add_member_dim
-
+    job: Job,
+    plan: ForecastPlan,
+    out: Path,
+    mode: str,
+    settings: dict,
+    attrs: dict,
+    zarr_format: int,
+) -> tuple[Path, list[Row], list[Row]]:
+    """(where to write, every row in store order, those not done yet)."""
     template, encoding = store_template(
         job.fields, job.order, job.init_index, job.steps, job.step, attrs
     )
-    if spec is not None:
-        template, encoding = add_member_dim(template, encoding, spec, DONE)
+    template, encoding = plan.template(template, encoding)
     target, done = open_target(out, mode, template, encoding, settings, zarr_format)
-    todo = job.sequences()
-    if spec is not None:  # store positions (init, member, *sample), in store order
-        todo = sorted(
-            ((i, s, (pos[0], m, *pos[1:])) for i, s, pos in todo for m in range(spec.members)),
-            key=lambda seq: seq[2],
-        )
-    if spec is not None and spec.recentre:  # a block is recentred on its control: redo it whole
-        open_blocks = {_block(spec, seq) for seq in todo if not done[seq[2]]}
-        return target, todo, [seq for seq in todo if _block(spec, seq) in open_blocks]
-    return target, todo, [seq for seq in todo if not done[seq[2]]]
-
-
-def _block(spec: Any, seq: tuple) -> tuple:
-    """The ensemble block of a sequence (init, sample, store position): init, sample, checkpoint."""
-    i, s, pos = seq
-    return (i, s, spec.checkpoint_of(pos[1]))
-
-
-def _batches(spec: Any, seqs: list, batch_size: int) -> list[list]:
-    """`seqs` cut into batches of `batch_size`; with recentring, of whole blocks (at least one)."""
-    if spec is None or not spec.recentre:
-        return [seqs[start : start + batch_size] for start in range(0, len(seqs), batch_size)]
-    blocks: dict[tuple, list] = {}
-    for seq in seqs:
-        blocks.setdefault(_block(spec, seq), []).append(seq)
-    out: list[list] = []
-    for block in blocks.values():
-        if out and len(out[-1]) + len(block) <= batch_size:
-            out[-1].extend(block)
-        else:
-            out.append(list(block))
-    return out
-
-
-def _ensemble_spec(
-    n_checkpoints: int,
-    members: int | None,
-    perturbation: float,
-    perturbation_smoothing: float,
-    seed: int,
-    step_noise: float,
-    recentre: bool = False,
-) -> Any:
-    """The `EnsembleSpec` of an ensemble (`members`, or several checkpoints), else None."""
-    from minconv_cli.rollout.plan import EnsembleSpec
-
-    if members is not None or n_checkpoints > 1:
-        return EnsembleSpec(
-            n_checkpoints if members is None else members,
-            n_checkpoints,
-            perturbation,
-            perturbation_smoothing,
-            seed,
-            step_noise,
-            recentre,
-        )
-    if recentre:
-        raise MinconvError("--recentre: needs an ensemble (--members, or several checkpoints)")
-    if step_noise:
-        raise MinconvError("--step-noise: needs an ensemble (--members, or several checkpoints)")
-    return None
+    rows = plan.rows(job.sequences())
+    return target, rows, plan.pending(rows, done)
 
 
 def _load_checkpoints(paths: list[Path], dev: Any) -> list[LoadedCheckpoint]:
@@ -272,19 +215,13 @@ def _load_checkpoints(paths: list[Path], dev: Any) -> list[LoadedCheckpoint]:
     return loads
 
 
-def _context(loads: list[LoadedCheckpoint], context: int | None, step_noise: float) -> int:
+def _context(loads: list[LoadedCheckpoint], context: int | None, plan: ForecastPlan) -> int:
     """`--context`, by default the longest training context (every checkpoint has its frames)."""
-    from minconv_cli.rollout.plan import residual_count
-
     if context is None:
         context = max(int(each.meta.context or 1) for each in loads)
     if context < 1:
         raise MinconvError(f"--context: must be at least 1, got {context}")
-    if step_noise and residual_count(context) < 1:
-        raise MinconvError(
-            f"--step-noise: draws from the model's one-step errors on the context, so it needs "
-            f"--context of at least 2, got {context}"
-        )
+    plan.check_context(context)
     return context
 
 
@@ -295,7 +232,7 @@ def _job(
     init_times: str | None,
     context: int,
     steps: int,
-    spec: Any,
+    plan: ForecastPlan,
     allow_missing_chunks: bool = False,
 ) -> Job:
     """DATA opened and checked against the checkpoint's data contract, and the init times."""
@@ -304,8 +241,7 @@ def _job(
     if subset:
         fields = split_fields(fields, subset)
     order = meta.check_against(fields)
-    if spec is not None and "number" in fields.sample_dims:
-        raise MinconvError(f"{fields.path_label}: has a 'number' dim, the ensemble member dim")
+    plan.check_data(fields)
     step = meta.data.step()
     if isinstance(step, CalendarStep) and isinstance(fields.time_step, CalendarStep):
         step = fields.time_step  # the data's own stamps (month start, end or middle)
@@ -317,7 +253,7 @@ def _store_settings(
     job: Job,
     data: list[Any],
     paths: list[Path],
-    spec: Any,
+    plan: ForecastPlan,
     subset: str | None,
     precision: str,
     command: str,
@@ -339,8 +275,7 @@ def _store_settings(
         "data": [p if is_url(p) else str(p.resolve()) for p in data],
         "precision": precision,
     }
-    if spec is not None:  # only ensembles record these: deterministic stores stay as they were
-        settings["ensemble"] = {**spec.settings(), "checkpoints_sha256": shas}
+    settings.update(plan.settings(shas))  # deterministic stores record nothing more
     attrs = {
         "minconv_version": __version__,
         "checkpoint": str(paths[0].resolve()),
@@ -353,76 +288,89 @@ def _store_settings(
         "source": ", ".join(str(p) for p in data),
         SETTINGS_ATTR: json.dumps(settings),
     }
-    if spec is not None:
-        attrs["checkpoints"] = json.dumps([str(p.resolve()) for p in paths])
-        attrs["ensemble"] = json.dumps(spec.settings())
+    attrs.update(plan.attrs([str(p.resolve()) for p in paths]))
     return settings, attrs
 
 
 @dataclass
 class _Run:
-    """The forecast loop over the pending sequences: checkpoint by checkpoint, batch by batch."""
+    """The forecast loop over the pending rows: checkpoint by checkpoint, batch by batch, each
+    batch asking the plan for its initial frames and its lead rule."""
 
     job: Job
-    spec: Any
-    writer: StoreWriter
+    plan: ForecastPlan
     batch_size: int
     dev: Any
     precision: str
-    clock: dict
     progress: Progress | None
-    total: int
+    clock: dict = field(default_factory=lambda: {"read": 0.0, "model": 0.0, "write": 0.0})
+    target: Path = Path()
+    writer: StoreWriter | None = None
+    todo: list[Row] = field(default_factory=list)
+    pending: list[Row] = field(default_factory=list)
+    finished: int = 0
 
-    def forecast(self, loads: list[LoadedCheckpoint], pending: list) -> None:
-        from minconv_cli.rollout.plan import (
-            perturb,
-            recentre_matrix,
-            residual_count,
-            step_noise_draws,
+    def open_store(
+        self, out: Path, mode: str, settings: dict, attrs: dict, zarr_format: int
+    ) -> None:
+        t0 = time.perf_counter()
+        opened = _open_store(self.job, self.plan, out, mode, settings, attrs, zarr_format)
+        self.target, self.todo, self.pending = opened
+        self.clock["write"] += time.perf_counter() - t0
+        self.writer = StoreWriter(
+            self.target, self.job.fields, members=self.plan.members is not None
         )
+        self.finished = len(self.todo) - len(self.pending)
+        if self.progress:
+            self.progress(self.finished, len(self.todo))
 
-        job, spec, writer, batch_size = self.job, self.spec, self.writer, self.batch_size
-        dev, precision, clock, progress = self.dev, self.precision, self.clock, self.progress
-        steps, context = job.steps, job.context
-        static = job.static()
-        finished = self.total - len(pending)
+    def forecast(self, loads: list[LoadedCheckpoint]) -> None:
+        static = self.job.static()
         for k, each in enumerate(loads):
             model = each.model.eval()
+            model.precision = self.precision
             normalizer = Normalizer.from_dict(each.meta.data.normalizer)
-            mine = [seq for seq in pending if spec is None or spec.checkpoint_of(seq[2][1]) == k]
-            for batch in _batches(spec, mine, batch_size):
-                t0 = time.perf_counter()
-                noise = mix = None
-                if spec is None:
-                    frames = job.context_frames(batch)
-                else:  # members of one (init, sample) share their frames: read them once
-                    first = {
-                        (i, s): n
-                        for n, (i, s) in enumerate(dict.fromkeys((i, s) for i, s, _ in batch))
-                    }
-                    read = job.context_frames([(i, s, None) for i, s in first])
-                    frames = read[[first[(i, s)] for i, s, _ in batch]]
-                    keys = [(int(job.init_index[i]), s, pos[1]) for i, s, pos in batch]
-                    frames = perturb(frames, normalizer.std, spec, keys)
-                    if spec.step_noise:
-                        noise = step_noise_draws(spec, keys, steps, residual_count(context))
-                    if spec.recentre:
-                        blocks = [_block(spec, seq) for seq in batch]
-                        mix = recentre_matrix(spec, [pos[1] for _, _, pos in batch], blocks)
-                t1 = time.perf_counter()
-                values = forecast(
-                    model, normalizer, frames, static, steps, dev, precision, noise, mix
-                )
-                # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
-                values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
-                t2 = time.perf_counter()
-                writer.write([pos for _, _, pos in batch], values)
-                clock["read"] += t1 - t0
-                clock["model"] += t2 - t1
-                clock["write"] += time.perf_counter() - t2
-                finished += len(batch)
-                if progress:
-                    progress(finished, self.total)
+            mine = [row for row in self.pending if self.plan.checkpoint_of(row) == k]
+            for batch in self.plan.batches(mine, self.batch_size):
+                self._batch(model, normalizer, static, batch)
+
+    def _batch(
+        self, model: Any, normalizer: Normalizer, static: np.ndarray | None, batch: list[Row]
+    ) -> None:
+        job, plan, clock = self.job, self.plan, self.clock
+        t0 = time.perf_counter()
+        keys = job.keys(batch)
+        frames = plan.initial(job.context_frames(batch), keys, normalizer.std)
+        leads = plan.leads(keys, job.steps, job.context)
+        t1 = time.perf_counter()
+        values = forecast(model, normalizer, frames, static, job.steps, self.dev, leads)
+        # cells missing in the initial frame (e.g. land in SST) stay missing in the forecast
+        values = np.where(np.isnan(frames[:, -1:]), np.float32(np.nan), values)
+        t2 = time.perf_counter()
+        self.writer.write([pos for _, _, pos in batch], values)
+        clock["read"] += t1 - t0
+        clock["model"] += t2 - t1
+        clock["write"] += time.perf_counter() - t2
+        self.finished += len(batch)
+        if self.progress:
+            self.progress(self.finished, len(self.todo))
+
+    def complete(self, out: Path, started: float) -> RolloutResult:
+        """The store moved into place, and what was written."""
+        finish(self.target, out)
+        fields = self.job.fields
+        return RolloutResult(
+            path=str(out),
+            init_times=time_labels(fields.times[self.job.init_index]),
+            samples=fields.n_samples,
+            steps=self.job.steps,
+            members=self.plan.members,
+            variables=fields.variables,
+            written=len(self.pending),
+            skipped=len(self.todo) - len(self.pending),
+            seconds=round(time.perf_counter() - started, 3),
+            timings={k: round(v, 4) for k, v in self.clock.items()},
+        )
 
 
 def _check_request(

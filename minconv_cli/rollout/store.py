@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from minconv_cli.core.errors import MinconvError
+from minconv_cli.compat import EVERY_CHUNK_ATTR, rollout_settings
+from minconv_cli.core.errors import MinconvError, first_line
 from minconv_cli.core.files import PARTIAL, atomic_path, commit, remove, sibling, writing
 from minconv_cli.data import Fields, open_dataset, timeaxis
 from minconv_cli.data.dims import recognise_dims
@@ -39,9 +40,6 @@ VALID = "valid_time"  # 2-D (time, prediction_timedelta) coordinate of calendar-
 DONE = "minconv_done"
 SETTINGS_ATTR = "minconv_rollout"
 CALENDAR_LEADS = ("months", "years")  # `units` of integer leads of calendar-step stores
-# set on stores whose writer keeps every chunk, NaN ones too (from 0.1.0+trust on): there a
-# missing chunk at a done position is damage; older stores left all-NaN chunks out
-EVERY_CHUNK_ATTR = "minconv_every_chunk_stored"
 MODES = ("create", "overwrite", "resume")
 
 if TYPE_CHECKING:
@@ -174,9 +172,9 @@ def read_done(path: Path, settings: dict) -> np.ndarray:
         old = json.loads(existing.attrs[SETTINGS_ATTR])
         if DONE not in existing.coords or not isinstance(old, dict):
             raise ValueError("no minconv_done flags")
-        old.setdefault("precision", "fp32")  # stores from before --precision were fp32
+        old = rollout_settings(old)
     except Exception as err:  # unreadable, or not made by minconv rollout
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err)
         raise MinconvError(
             f"{path}: cannot resume, not a minconv rollout store ({reason})"
         ) from None
@@ -311,7 +309,7 @@ def stored_precision(path: Path) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             attrs = xr.open_zarr(path, consolidated=None).attrs
-        return str(json.loads(attrs[SETTINGS_ATTR]).get("precision", "fp32"))
+        return str(rollout_settings(json.loads(attrs[SETTINGS_ATTR]))["precision"])
     except Exception:
         return "auto"
 

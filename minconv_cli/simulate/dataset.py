@@ -313,7 +313,34 @@ def to_dataset(vorticity: np.ndarray, config: SimulationConfig, out: str) -> xr.
     centres = (np.arange(n_out) + 0.5) / n_out
     split = np.repeat(np.asarray(SPLIT_NAMES), config.split_counts())
     time = config.dt_snapshot * np.arange(1, config.steps + 1, dtype=np.float64)
-    attrs = {
+    attrs = provenance(config, out)
+    return xr.Dataset(
+        {
+            "vorticity": (
+                ("trajectory", "time", "y", "x"),
+                vorticity,
+                {"units": "1", "long_name": "vorticity"},
+            )
+        },
+        coords={
+            "trajectory": (
+                "trajectory",
+                np.arange(config.trajectories, dtype=np.int64),
+                {"long_name": "trajectory index"},
+            ),
+            "time": ("time", time, {"units": "1", "long_name": "simulation time", "axis": "T"}),
+            "y": ("y", centres, {"units": "1", "long_name": "y (cell centre)", "axis": "Y"}),
+            "x": ("x", centres, {"units": "1", "long_name": "x (cell centre)", "axis": "X"}),
+            "split": ("trajectory", split, {"long_name": "data split (train/val/test)"}),
+        },
+        attrs=attrs,
+    )
+
+
+def provenance(config: SimulationConfig, out: str) -> dict:
+    """The data set's attributes: the equation, solver and settings, and how to make it again."""
+    n_out = config.stored_resolution
+    return {
         "title": "2-D incompressible Navier-Stokes vorticity on the periodic unit square",
         "periodic_dims": "y x",
         "solver": SOLVER,
@@ -346,24 +373,3 @@ def to_dataset(vorticity: np.ndarray, config: SimulationConfig, out: str) -> xr.
         "command": config.command(out),
         **config.to_attrs(),
     }
-    return xr.Dataset(
-        {
-            "vorticity": (
-                ("trajectory", "time", "y", "x"),
-                vorticity,
-                {"units": "1", "long_name": "vorticity"},
-            )
-        },
-        coords={
-            "trajectory": (
-                "trajectory",
-                np.arange(config.trajectories, dtype=np.int64),
-                {"long_name": "trajectory index"},
-            ),
-            "time": ("time", time, {"units": "1", "long_name": "simulation time", "axis": "T"}),
-            "y": ("y", centres, {"units": "1", "long_name": "y (cell centre)", "axis": "Y"}),
-            "x": ("x", centres, {"units": "1", "long_name": "x (cell centre)", "axis": "X"}),
-            "split": ("trajectory", split, {"long_name": "data split (train/val/test)"}),
-        },
-        attrs=attrs,
-    )

@@ -7,15 +7,15 @@ from pathlib import Path
 import xarray as xr
 
 from minconv_cli.core.errors import MinconvError
-from minconv_cli.core.files import atomic_path
+from minconv_cli.core.files import SIMULATED_NETCDF_SUFFIXES, ZARR_SUFFIX, atomic_path
 
 
 def output_format(path: Path) -> str:
     """'netcdf' for .nc/.nc4, 'zarr' for .zarr; anything else is an error."""
     suffix = path.suffix.lower()
-    if suffix in (".nc", ".nc4"):
+    if suffix in SIMULATED_NETCDF_SUFFIXES:
         return "netcdf"
-    if suffix == ".zarr":
+    if suffix == ZARR_SUFFIX:
         return "zarr"
     raise MinconvError(f"{path}: unknown output format (use a .nc or .zarr path)")
 

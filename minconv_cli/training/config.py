@@ -12,18 +12,16 @@ import dataclasses
 import difflib
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from minconv_cli.compat import config_values
 from minconv_cli.core.errors import MinconvError, check_apart, check_not_blank, check_unique
 from minconv_cli.core.precision import PRECISIONS
-from minconv_cli.models.network import PREDICTS
-from minconv_cli.models.padding import PADDINGS
-from minconv_cli.models.spec import NORM_CHOICES, ModelSpec
+from minconv_cli.models.spec import PADDINGS, ModelSpec
 
 
 def _choice(default: str, choices: tuple[str, ...]) -> Any:
@@ -50,21 +48,46 @@ class DataConfig:
     allow_overlap: bool = False  # let the validation period share frames with the training one
 
 
-@dataclass
-class ModelConfig(ModelSpec):
-    """The `model` section: a `ModelSpec` with training defaults, `auto` padding (from the data's
-    coordinates) and a parameter budget. The spec's `from_data` fields (channels, grid, widths)
-    are not config keys: `to_spec` sets them from the data."""
+class _ModelSection:
+    """What the `model` section does with what the user wrote: `to_spec`."""
 
-    width: int = 24
-    padding: str = _choice("auto", ("auto", *PADDINGS))  # auto: from the data's coordinates
-    norm: str = _choice("auto", NORM_CHOICES)  # auto: layer unless its per-cell params dominate
-    predict: str = _choice("increment", PREDICTS)  # increment: start from persistence
-    params: int | None = None  # a parameter budget: overrides width
+    def to_spec(self, default_padding: str | None = None, **from_data: Any) -> ModelSpec:
+        """The `ModelSpec` of this section: `padding: auto` resolved to `default_padding` (the
+        data's, `Fields.default_padding`), then the data's values (`in_channels`, `grid`, ...).
+        Its choices were checked when the config was read; `create_model` checks the rest."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del values["params"]
+        if values["padding"] == "auto" and default_padding is not None:
+            values["padding"] = default_padding
+        return ModelSpec(**{**values, **from_data})
 
-    def to_spec(self, **from_data: Any) -> ModelSpec:
-        """The plain spec of this section with the data's values (`in_channels`, `grid`, ...)."""
-        return ModelSpec.take(self, **from_data)
+
+# the `model` section's own defaults and choices, where they differ from the spec's
+MODEL_DEFAULTS = {"width": 24, "padding": "auto", "norm": "auto", "predict": "increment"}
+MODEL_CHOICES = {"padding": ("auto", *PADDINGS)}  # auto: from the data's coordinates
+
+
+def _model_keys() -> list[tuple[str, Any, Any]]:
+    """Every `ModelSpec` field that is not set from the data (in the spec's order, with its
+    choices), then `params`: a parameter budget that overrides `width`."""
+    hints = typing.get_type_hints(ModelSpec)
+    keys = []
+    for f in dataclasses.fields(ModelSpec):
+        if f.metadata.get("from_data"):
+            continue
+        metadata = {**f.metadata}
+        if f.name in MODEL_CHOICES:
+            metadata["choices"] = MODEL_CHOICES[f.name]
+        default = MODEL_DEFAULTS.get(f.name, f.default)
+        keys.append((f.name, hints[f.name], field(default=default, metadata=metadata)))
+    return [*keys, ("params", int | None, field(default=None))]
+
+
+# The `model` section holds what the user wrote (every spec option, `auto` padding and a budget)
+# and makes the spec from it (`to_spec`); a new `ModelSpec` field is a config key at once.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig", _model_keys(), bases=(_ModelSection,), namespace={"__module__": __name__}
+)
 
 
 @dataclass
@@ -237,27 +260,6 @@ def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
 CHECKPOINT_SOURCE = "checkpoint config"
 
 
-def _legacy(layer: dict, source: str) -> dict:
-    """`train.amp` (before `train.precision`) read as precision bf16 (true) or fp32 (false), so
-    old config files and run directories keep working; a note for files, not for old runs."""
-    train = layer.get("train")
-    if not isinstance(train, dict) or "amp" not in train:
-        return layer
-    train = dict(train)
-    amp = train.pop("amp")
-    if not isinstance(amp, bool):
-        raise MinconvError(f"{source}: train.amp: expected bool, got {type(amp).__name__} {amp!r}")
-    train.setdefault("precision", "bf16" if amp else "fp32")
-    if source != CHECKPOINT_SOURCE:
-        warnings.warn(
-            f"{source}: train.amp is deprecated, read as train.precision={train['precision']} "
-            "(use train.precision: fp32, bf16 or auto)",
-            FutureWarning,
-            stacklevel=3,
-        )
-    return {**layer, "train": train}
-
-
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
@@ -385,7 +387,10 @@ def resolve_config(
         layers.append(("command line", nest(given)))
     if base is not None:
         layers.insert(0, (CHECKPOINT_SOURCE, base))
-    layers = [(source, _legacy(layer, source)) for source, layer in layers]
+    layers = [
+        (source, config_values(layer, source, note=source != CHECKPOINT_SOURCE))
+        for source, layer in layers
+    ]
     merged: dict = Config().to_dict()
     for source, layer in layers:
         _build(Config, layer, "", source)  # name the layer that holds a bad key
@@ -408,5 +413,5 @@ def _check_periods(layer: dict, source: str) -> None:
 
 def config_from_dict(values: dict, source: str = "config") -> Config:
     """A validated Config from a (possibly partial) nested dict, e.g. one stored in a checkpoint."""
-    values = _legacy(values, CHECKPOINT_SOURCE)
+    values = config_values(values, CHECKPOINT_SOURCE, note=False)
     return validate(_build(Config, _merge(Config().to_dict(), values), "", source), source)

@@ -8,9 +8,8 @@ import math
 
 import torch
 
-from minconv_cli.core.precision import autocast
 from minconv_cli.training.config import TrainConfig
-from minconv_cli.training.steps import split_window, weighted_loss
+from minconv_cli.training.window import split_window, weighted_loss
 
 
 def fair_crps(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -30,7 +29,6 @@ def ensemble_loss(
     cfg: TrainConfig,
     device: torch.device,
     noise: torch.Generator | None,
-    precision: str = "fp32",
 ) -> torch.Tensor:
     """Masked MSE of every member over the teacher-forced steps and fair CRPS over the closed-loop
     steps, weighted by tf_weight/cl_weight; the members' noise (ensemble_noise, plus train.noise)
@@ -42,8 +40,7 @@ def ensemble_loss(
     if std > 0:
         x = x + std * torch.randn(x.shape, generator=noise).to(device)
     st = static.repeat_interleave(m, dim=0) if static is not None else None
-    with autocast(device, precision):
-        y = model(x, context, static=st)
+    y = model(x, context, static=st)
     y = y.float().reshape(b, m, *y.shape[1:])
     weight = mask.float()
     sq = ((y[:, :, :context] - targets[:, None, :context]) ** 2).mean(1) * weight[:, :context]

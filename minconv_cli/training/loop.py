@@ -8,13 +8,10 @@ one would have done.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,25 +19,24 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from minconv_cli import __version__
 from minconv_cli.core.errors import MinconvError
 from minconv_cli.core.files import output_lock, recover
 from minconv_cli.core.precision import resolve_precision
 from minconv_cli.data.stream import BlockStream
-from minconv_cli.models import (
-    count_parameters,
-    create_model,
-    fit_widths,
-    grid_norm_parameters,
-)
-from minconv_cli.models.checkpoint import CheckpointMeta, DataMeta, read_checkpoint, save_checkpoint
-from minconv_cli.training import distributed
+from minconv_cli.models import count_parameters
+from minconv_cli.models.checkpoint import save_checkpoint
 from minconv_cli.training.budget import Budget, spread
+from minconv_cli.training.build import build_model, build_optimizer, build_scheduler, norm_note
 from minconv_cli.training.config import Config
-from minconv_cli.training.data import TrainingData, data_paths, prepare_data
-from minconv_cli.training.distributed import Dist
+from minconv_cli.training.data import prepare_data
+from minconv_cli.training.distributed import Dist, all_reduce_sum, setup, teardown
+from minconv_cli.training.position import Position, generator, horizon_at, stop_on_signals
+from minconv_cli.training.resume import restore, run_meta, save_last
 from minconv_cli.training.run_dir import RunDir
 from minconv_cli.training.steps import Validation, training_loss, validate
+from minconv_cli.training.summary import run_summary
+
+__all__ = ["Reporter", "Run", "TrainResult", "build_model", "horizon_at", "train_model"]
 
 
 class Reporter(Protocol):
@@ -63,101 +59,7 @@ class TrainResult:
     run_dir: Path
 
 
-def build_model(config: Config, data: TrainingData) -> torch.nn.Module:
-    """The configured model for this data (width from the parameter budget when one is given)."""
-    m = config.model
-    fields = data.fields
-    n_static = len(fields.static_channels)
-    spec = m.to_spec(
-        in_channels=len(fields.channels) + n_static,
-        static_channels=n_static,
-        grid=list(fields.grid_shape),
-        padding=fields.default_padding if m.padding == "auto" else m.padding,
-    )
-    try:
-        if m.params is not None:  # the paper's uniform width where it lands within 3%
-            spec = dataclasses.replace(spec, widths=fit_widths(spec, m.params))
-        return create_model(spec)
-    except ValueError as err:
-        raise MinconvError(f"config: model: {err}") from None
-
-
-def norm_note(requested: str, model: torch.nn.Module) -> str | None:
-    """What `norm: auto` chose for this model and why (None when the norm was given)."""
-    if requested != "auto":
-        return None
-    kind, (h, w) = model.hparams["norm"], model.grid
-    cost = grid_norm_parameters(model.grid, len(model.widths))
-    other = count_parameters(model) - sum(p.numel() for p in model.norms.parameters())
-    if kind == "layer":
-        return (
-            f"norm: layer (auto: LayerNorm over the {h}x{w} grid, {cost:,} per-cell parameters "
-            f"beside the model's {other:,})"
-        )
-    return (
-        f"norm: {kind} (auto: LayerNorm over the {h}x{w} grid would add {cost:,} per-cell "
-        f"parameters to the model's {other:,}; --norm layer to use it anyway)"
-    )
-
-
-def horizon_at(config: Config, epoch: int) -> int:
-    """Closed-loop steps trained in `epoch` (0-based): the curriculum grows them linearly."""
-    t = config.train
-    if t.curriculum_epochs <= 0 or t.horizon == 0:
-        return t.horizon
-    if epoch >= t.curriculum_epochs:
-        return t.horizon
-    span = t.horizon - t.curriculum_start
-    return t.curriculum_start + (span * epoch) // t.curriculum_epochs
-
-
-def _generator(*parts: int) -> torch.Generator:
-    seed = 0
-    for p in parts:
-        seed = (seed * 1_000_003 + int(p)) % (2**63)
-    return torch.Generator().manual_seed(seed)
-
-
-@dataclass
-class _Position:
-    """Where the run is, saved in last.pt."""
-
-    epoch: int = 0  # 0-based epoch in progress
-    step: int = 0  # batches done within it
-    global_step: int = 0
-    loss_sum: float = 0.0  # this epoch's summed step losses so far
-    epoch_seconds: float = 0.0
-    elapsed: float = 0.0  # training seconds over all sessions
-    best_score: float = math.inf
-    best_epoch: int = 0
-    history: list | None = None
-    best_detail: dict | None = None
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[dict]:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT aborts."""
-    flag: dict[str, int | None] = {"signal": None}
-
-    def handler(signum: int, _frame: Any) -> None:
-        if flag["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["signal"] = signum
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: no handlers
-        pass
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-class _Run:
+class Run:
     """State of one training run (model, optimiser, schedule, data, position) and its steps."""
 
     def __init__(
@@ -182,17 +84,12 @@ class _Run:
         self.data = prepare_data(config)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data).to(device)
+        self.model.precision = self.precision
         if info.is_main:  # data and model are good: only now is an old run replaced
             self.run_dir.prepare(resume=resume, overwrite=overwrite)
-        self.hparams = self.model.hparams
-        self.norm_note = norm_note(config.model.norm, self.model)
-        config.model.norm = self.hparams["norm"]  # the resolved choice, in config.yaml and meta
-        if self.reporter and self.hparams["norm"] != "layer" and self.norm_note:
-            self.reporter.note(self.norm_note)
+        self._settle_norm()
         self.parameters = count_parameters(self.model)
-        o = config.optim
-        opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.optimizer = build_optimizer(config, self.model)
         self.sampler = DistributedSampler(
             self.data.train_windows,
             num_replicas=info.world,
@@ -203,98 +100,33 @@ class _Run:
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.train.batch_size)
         self.train_stream = self._stream(self.data.train_windows, shuffle=True)
         self.val_stream = self._stream(self.data.val_windows, shuffle=False)
-        self.scheduler: Any = None
-        if o.schedule == "cosine":
-            total = max(1, config.train.epochs * self.steps_per_epoch)
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=total, eta_min=o.min_lr
-            )
-        elif o.schedule == "plateau":
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer,
-                factor=o.plateau_factor,
-                patience=o.plateau_patience,
-                min_lr=o.min_lr,
-            )
-        self.pos = _Position(history=[])
-        if resume:
-            self._restore()
+        self.scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch)
+        self.pos = restore(self) if resume else Position(history=[])
         # the budget covers every session of the run: this one's setup and the earlier ones
         self.budget = Budget(
             config.train.max_time, self.t0 - self.pos.elapsed, config.train.batch_size
         )
         if self.reporter:  # once the run is known to be valid (errors stay one line)
             self.reporter.note(self._data_note())
-        self.net: torch.nn.Module = self.model
-        if info.enabled:
-            ids = [device.index] if device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if config.train.compile and device.type == "cuda":
-            self.net = torch.compile(self.net)
+        self.net = self._wrapped()
 
-    # ------------------------------------------------------------------ checkpoints
-    def meta(self, epoch: int, metrics: dict) -> CheckpointMeta:
-        d = self.data
-        return CheckpointMeta(
-            model=self.model.spec,
-            data=DataMeta.from_fields(d.fields, d.normalizer),
-            context=self.config.train.context,
-            horizon=self.config.train.horizon,
-            config=self.config.to_dict(),
-            precision=self.precision,
-            splits={"train": d.train_spec, "val": d.val_spec, "paths": data_paths(self.config)},
-            epoch=epoch,
-            metrics=metrics,
-        )
+    def _settle_norm(self) -> None:
+        """Record what `norm: auto` chose (in config.yaml and the checkpoints) and say why."""
+        self.hparams = self.model.hparams
+        self.norm_note = norm_note(self.config.model.norm, self.model)
+        self.config.model.norm = self.hparams["norm"]
+        if self.reporter and self.hparams["norm"] != "layer" and self.norm_note:
+            self.reporter.note(self.norm_note)
 
-    def save_last(self) -> None:
-        p = self.pos
-        extra = {
-            "position": json.dumps(
-                {k: v for k, v in vars(p).items()}, default=float, allow_nan=True
-            ),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "torch_rng": torch.get_rng_state(),
-        }
-        last = p.history[-1] if p.history else {}
-        save_checkpoint(
-            self.run_dir.last,
-            self.model,
-            self.meta(p.epoch, last),
-            optimizer_state=self.optimizer.state_dict(),
-            extra=extra,
-        )
-
-    def _restore(self) -> None:
-        path = self.run_dir.last
-        raw, meta = read_checkpoint(path)
-        if meta.minconv_version != __version__:
-            raise MinconvError(
-                f"--resume: {path} was written by minconv {meta.minconv_version}, "
-                f"this is {__version__}"
-            )
-        if meta.model != self.model.spec:
-            stored = meta.model.to_dict()
-            diff = sorted(k for k in stored if stored[k] != self.hparams.get(k))
-            raise MinconvError(
-                f"--resume: {path} holds another model (differs in {', '.join(diff)}); "
-                "resume with the run's own settings or start a new run"
-            )
-        if meta.data is None or meta.data.normalizer != self.data.normalizer.to_dict():
-            raise MinconvError(
-                f"--resume: {path} was trained on other data (normalisation differs)"
-            )
-        extra = raw.get("extra") or {}
-        try:
-            self.model.load_state_dict(raw["state_dict"])
-            self.optimizer.load_state_dict(raw["optimizer_state"])
-            if self.scheduler is not None and extra.get("scheduler"):
-                self.scheduler.load_state_dict(extra["scheduler"])
-            self.pos = _Position(**json.loads(extra["position"]))
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise MinconvError(f"--resume: {path} cannot be resumed ({err})") from None
-        if "torch_rng" in extra:
-            torch.set_rng_state(extra["torch_rng"])
+    def _wrapped(self) -> torch.nn.Module:
+        """The model as the steps call it: under DDP when distributed, compiled when asked (CUDA)."""
+        net: torch.nn.Module = self.model
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.config.train.compile and self.device.type == "cuda":
+            net = torch.compile(net)
+        return net
 
     # ------------------------------------------------------------------ data
     def _stream(self, windows: Any, shuffle: bool) -> BlockStream | None:
@@ -364,7 +196,7 @@ class _Run:
         count = self.budget.val_windows(n, self.info.world)
         if self.info.enabled:  # rank 0's count on every rank (the others add 0)
             shared = torch.tensor([count if self.info.is_main else 0], dtype=torch.float64)
-            count = int(distributed.all_reduce_sum(shared, self.info).item())
+            count = int(all_reduce_sum(shared, self.info).item())
         if self.val_stream is not None and count >= n:
             loader = self._loader(self.val_stream, None)
         else:  # in-memory data, or a partial validation: only the chosen windows are read
@@ -381,7 +213,6 @@ class _Run:
                 self.data.normalizer,
                 self.device,
                 self.info,
-                self.precision,
             )
         finally:
             self.model.train()
@@ -392,7 +223,7 @@ class _Run:
         if not self.info.enabled:
             return loss, signalled, over_time
         t = torch.tensor([loss, float(signalled), float(over_time)], dtype=torch.float64)
-        distributed.all_reduce_sum(t, self.info)
+        all_reduce_sum(t, self.info)
         return float(t[0]) / self.info.world, bool(t[1] > 0), bool(t[2] > 0)
 
     def _val_windows_here(self) -> int:
@@ -412,11 +243,9 @@ class _Run:
             tick = time.monotonic()
             for batch in self.epoch_batches(p.epoch, p.step):
                 noisy = t.noise > 0 or t.ensemble_members > 1
-                noise = _generator(t.seed, p.global_step, self.info.rank) if noisy else None
+                noise = generator(t.seed, p.global_step, self.info.rank) if noisy else None
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = training_loss(
-                    self.net, batch, t.context, horizon, t, self.device, noise, self.precision
-                )
+                loss = training_loss(self.net, batch, t.context, horizon, t, self.device, noise)
                 value = float(loss.detach())
                 if math.isfinite(value):
                     loss.backward()
@@ -448,7 +277,7 @@ class _Run:
             p.elapsed = time.monotonic() - self.budget.started
             if signalled:
                 if self.info.is_main:
-                    self.save_last()
+                    save_last(self)
                 return "interrupted"
             if self._finish_epoch(horizon):
                 return "early_stopping"
@@ -485,64 +314,12 @@ class _Run:
         p.step, p.loss_sum, p.epoch_seconds = 0, 0.0, 0.0
         if self.info.is_main:
             if improved:
-                save_checkpoint(self.run_dir.model, self.model, self.meta(p.epoch, row))
-            self.save_last()
+                save_checkpoint(self.run_dir.model, self.model, run_meta(self, p.epoch, row))
+            save_last(self)
             self.run_dir.write_metrics(p.history)
         if self.reporter:
             self.reporter.epoch_done(row)
         return t.patience is not None and p.epoch - p.best_epoch >= t.patience
-
-    def summary(self, status: str) -> dict[str, Any]:
-        p, t, d = self.pos, self.config.train, self.data
-        best = next((r for r in p.history if r["epoch"] == p.best_epoch), {})
-        beats = None
-        if best and not math.isnan(best.get("val_rmse_cl", math.nan)):
-            beats = all(
-                v["rmse_cl"] < v["persistence_rmse_cl"] for v in (p.best_detail or {}).values()
-            )
-        last = p.history[-1] if p.history else {}
-        steps = self.budget.step_seconds
-        return {
-            "status": status,
-            "run_dir": str(self.run_dir.path),
-            "checkpoint": str(self.run_dir.path / "model.pt")
-            if self.run_dir.model.exists()
-            else None,
-            # an unfinished replacement of an older run: where it is (the old run is kept)
-            "replacement_dir": str(self.run_dir.work) if self.run_dir.replacing else None,
-            "model": self.hparams["name"],
-            "parameters": self.parameters,
-            "widths": self.hparams["widths"],
-            "norm": self.hparams["norm"],
-            "norm_note": self.norm_note,
-            "context": t.context,
-            "horizon": t.horizon,
-            "data": data_paths(self.config),
-            "train_split": d.train_spec,
-            "val_split": d.val_spec,
-            "train_windows": len(d.train_windows),
-            "val_windows": len(d.val_windows),
-            "data_memory": d.memory,
-            "epochs_completed": p.epoch,
-            "steps": p.global_step,
-            "seconds": round(time.monotonic() - self.budget.started, 2),
-            "max_time": t.max_time,
-            "seconds_per_step": round(sum(steps) / len(steps), 4) if steps else None,
-            "longest_step_seconds": round(max(steps), 4) if steps else None,
-            "last_validation": {
-                "windows": last.get("val_windows"),
-                "of": len(d.val_windows),
-                "partial": last.get("val_partial"),
-                "seconds": round(self.budget.validation_seconds, 3),
-            },
-            "device": str(self.device),
-            "precision": self.precision,
-            "world_size": self.info.world,
-            "best_epoch": p.best_epoch,
-            "best": best,
-            "beats_persistence": beats,
-            "channels": p.best_detail or {},
-        }
 
 
 def train_model(
@@ -557,7 +334,7 @@ def train_model(
 ) -> TrainResult:
     """Train `config` into the run directory `out`; returns how it ended and the summary.
     `started`: the `time.monotonic()` that `train.max_time` counts from (default: now)."""
-    info, device = distributed.setup(config.train.device)
+    info, device = setup(config.train.device)
     try:
         if on_setup is not None:
             on_setup(info)
@@ -566,19 +343,19 @@ def train_model(
             if info.is_main:
                 recover(Path(out))
             return _train(
-                _Run(config, Path(out), resume, overwrite, reporter, info, device, started)
+                Run(config, Path(out), resume, overwrite, reporter, info, device, started)
             )
     finally:
-        distributed.teardown(info)
+        teardown(info)
 
 
-def _train(run: _Run) -> TrainResult:
+def _train(run: Run) -> TrainResult:
     """Run `run` to its end and write its summary. The run (and with it the DDP model) is dropped
     when this returns, so that teardown can take the process group down."""
     if run.info.is_main:
         run.run_dir.write_config(run.config.to_yaml())
     try:
-        with _stop_on_signals() as flag:
+        with stop_on_signals() as flag:
             status = run.run(flag)
     except BaseException:
         if run.info.is_main:
@@ -587,7 +364,7 @@ def _train(run: _Run) -> TrainResult:
     finally:
         if run.reporter:
             run.reporter.end()
-    summary = run.summary(status)
+    summary = run_summary(run, status)
     if run.info.is_main:
         if status != "interrupted" and not run.run_dir.model.exists():
             last = run.pos.history[-1] if run.pos.history else {}

@@ -9,22 +9,11 @@ from dataclasses import dataclass
 import torch
 
 from minconv_cli.core.errors import MinconvError
-from minconv_cli.core.precision import autocast
 from minconv_cli.data import Normalizer
 from minconv_cli.training.config import TrainConfig
 from minconv_cli.training.distributed import Dist, all_reduce_sum
-
-
-def split_window(
-    batch: dict, context: int, horizon: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(inputs x[:, :T], targets x[:, 1:T+1], target mask, static) with T = context + horizon."""
-    steps = context + horizon
-    x = batch["x"].to(device, non_blocking=True)
-    mask = batch["mask"].to(device, non_blocking=True)
-    static = batch["static"]
-    static = static.to(device, non_blocking=True) if static.shape[1] else None
-    return x[:, :steps], x[:, 1 : steps + 1], mask[:, 1 : steps + 1], static
+from minconv_cli.training.ensemble_loss import ensemble_loss
+from minconv_cli.training.window import split_window, weighted_loss
 
 
 def training_loss(
@@ -35,20 +24,16 @@ def training_loss(
     cfg: TrainConfig,
     device: torch.device,
     noise: torch.Generator | None = None,
-    precision: str = "fp32",
 ) -> torch.Tensor:
     """Masked MSE over the teacher-forced and closed-loop outputs, weighted by tf_weight/cl_weight;
     gradients flow through the closed loop. Input noise (cfg.noise) comes from the `noise` generator.
-    `precision` (resolved: fp32 or bf16) is the model's; the loss is always fp32."""
+    The loss is fp32 whatever the model's precision."""
     if cfg.ensemble_members > 1:
-        from minconv_cli.training.ensemble_loss import ensemble_loss
-
-        return ensemble_loss(model, batch, context, horizon, cfg, device, noise, precision)
+        return ensemble_loss(model, batch, context, horizon, cfg, device, noise)
     inputs, targets, mask, static = split_window(batch, context, horizon, device)
     if cfg.noise > 0 and noise is not None:
         inputs = inputs + cfg.noise * torch.randn(inputs.shape, generator=noise).to(device)
-    with autocast(device, precision):
-        y = model(inputs, context, static=static)
+    y = model(inputs, context, static=static)
     sq = (y.float() - targets) ** 2 * mask
     weight = mask.float()
     tf = sq[:, :context].sum() / weight[:, :context].sum().clamp_min(1)
@@ -56,11 +41,6 @@ def training_loss(
         return tf
     cl = sq[:, context:].sum() / weight[:, context:].sum().clamp_min(1)
     return weighted_loss(tf, cl, cfg)
-
-
-def weighted_loss(tf: torch.Tensor, cl: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The teacher-forced and closed-loop parts of the loss, weighted by tf_weight/cl_weight."""
-    return (cfg.tf_weight * tf + cfg.cl_weight * cl) / (cfg.tf_weight + cfg.cl_weight)
 
 
 @dataclass
@@ -123,7 +103,6 @@ def validate(
     normalizer: Normalizer,
     device: torch.device,
     info: Dist,
-    precision: str = "fp32",
 ) -> Validation:
     """RMSE of the model and of persistence (the last observed frame) on the same windows, summed
     over this rank's windows and reduced over ranks."""
@@ -137,8 +116,7 @@ def validate(
     std = torch.as_tensor(normalizer.std, dtype=torch.float32, device=device)[:, None, None]
     for batch in batches:
         inputs, targets, mask, static = split_window(batch, context, horizon, device)
-        with autocast(device, precision):
-            y = model(inputs, context, static=static)
+        y = model(inputs, context, static=static)
         pred = y.float() * std + mean
         truth = targets * std + mean
         weight = mask.float()
