@@ -113,7 +113,7 @@ def rollout_cases(tmp: Path, args) -> dict:
 
     cases = {}
     for model in args.models.split(","):
-        for grid in args.grids.split(","):
+        for grid in args.rollout_grids.split(","):
             data, ckpt, _ = make_case(tmp, model, int(grid), 175_000, 4, 10, 16)
             cases[(model, grid)] = (data, ckpt, tmp / f"{model}_{grid}.zarr")
     return cases
@@ -133,6 +133,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rollout", action="store_true", help="also time rollouts")
     parser.add_argument("--rollout-steps", type=int, default=20, help="leads per rollout")
+    parser.add_argument("--rollout-grids", default="16", help="grids of the rollout cases")
     parser.add_argument("--rollout-repeats", type=int, default=2, help="timed rollouts per process")
     parser.add_argument("--out", type=Path, default=RESULT)
     return parser.parse_args()

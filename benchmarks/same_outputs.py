@@ -89,9 +89,10 @@ def run_tree(tree: Path, work: Path, checkpoint: Path | None) -> dict[str, Path]
     cli(tree, "evaluate", str(det), str(SAMPLE), "--out", str(work / "det_scores"), "--quiet")
     cli(tree, "evaluate", str(ens), str(SAMPLE), "--out", str(work / "ens_scores"), "--quiet")
     return {
-        "model": run / "model.pt",
+        "model": work / "trained.pt" if checkpoint is not None else ckpt,
         "det": det,
         "ens": ens,
+        "bf16": work / "bf16.zarr",
         "det_scores": work / "det_scores",
         "ens_scores": work / "ens_scores",
     }
@@ -127,12 +128,19 @@ def same_store(a: Path, b: Path) -> list[str]:
     return problems
 
 
+def _steady(d: object) -> object:
+    """`d` without the keys that name paths or times (at any depth)."""
+    if isinstance(d, dict):
+        return {k: _steady(v) for k, v in d.items() if not any(w in k for w in VOLATILE)}
+    return d
+
+
 def same_checkpoint(a: Path, b: Path) -> list[str]:
     u, v = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
     x, y = u["state_dict"], v["state_dict"]
     bad = [k for k in x if k not in y or not torch.equal(x[k], y[k])]
     problems = [f"model tensors differ: {bad[:5]}"] if bad or set(x) != set(y) else []
-    if json.loads(u["meta_json"]) != json.loads(v["meta_json"]):
+    if _steady(json.loads(u["meta_json"])) != _steady(json.loads(v["meta_json"])):
         problems.append("meta differs")
     return problems
 
