@@ -7,6 +7,7 @@ import typer
 from minconv_cli import __version__
 from minconv_cli.commands.convert import convert
 from minconv_cli.commands.evaluate import evaluate
+from minconv_cli.commands.plot import plot
 from minconv_cli.commands.rollout import rollout
 from minconv_cli.commands.train import train
 
@@ -42,6 +43,7 @@ app.command()(train)
 app.command()(rollout)
 app.command()(evaluate)
 app.command()(convert)
+app.command()(plot)
 
 if __name__ == "__main__":
     app()

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "minconv_cli"
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 450
 # Each layer may import its own modules and those of the layers listed before it.
-LAYERS = ("core", "compat", "data", "models", "training", "rollout", "evaluate", "simulate")
+LAYERS = ("core", "compat", "data", "models", "training", "rollout", "evaluate", "maps", "simulate")
 TOP = ("commands", "cli", "__main__", "__init__")  # the CLI may import every layer
 
 

@@ -1,0 +1,97 @@
+"""`minconv plot`: maps and animations of a forecast store (with the truth, if given)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from minconv_cli.commands._common import console, print_json, progress_bar, user_errors
+
+Forecast = Annotated[str, typer.Argument(help="Forecast Zarr store (WeatherBench 2 layout).")]
+Truth = Annotated[
+    list[str] | None,
+    typer.Argument(help="NetCDF file(s) or Zarr store(s) with the observed fields (optional)."),
+]
+Out = Annotated[
+    str,
+    typer.Option("--out", "-o", help="Image to write: FILE.png (panels), FILE.gif or FILE.mp4."),
+]
+Init = Annotated[
+    str | None, typer.Option("--init", help="Init time to draw (default: the store's first).")
+]
+Member = Annotated[
+    int | None,
+    typer.Option("--member", help="Ensemble member to draw (default: mean, spread and members)."),
+]
+Variable = Annotated[
+    str | None, typer.Option("--variable", "-v", help="Variable (default: the first).")
+]
+Level = Annotated[str | None, typer.Option("--level", help="Level value (default: the first).")]
+Leads = Annotated[
+    str | None,
+    typer.Option(
+        "--leads", help="Comma-separated lead steps (1 = first) or labels like P1D; default all."
+    ),
+]
+Spaghetti = Annotated[
+    float | None,
+    typer.Option(
+        "--spaghetti", help="PNG of every member's contour at this value, one panel per lead."
+    ),
+]
+Dpi = Annotated[int, typer.Option("--dpi", min=20, max=600, help="Resolution of the image.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing image.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print what was written on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or message.")]
+
+
+@user_errors
+def plot(
+    forecast: Forecast,
+    out: Out,
+    truth: Truth = None,
+    init: Init = None,
+    member: Member = None,
+    variable: Variable = None,
+    level: Level = None,
+    leads: Leads = None,
+    spaghetti: Spaghetti = None,
+    dpi: Dpi = 100,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Draw maps of truth, forecast and difference per lead (PNG), or animate them (GIF/MP4)."""
+    from minconv_cli.core.errors import MinconvError
+    from minconv_cli.core.files import atomic_path
+    from minconv_cli.data import open_fields
+    from minconv_cli.data.remote import as_source, local_path
+    from minconv_cli.maps import animate, check_suffix, draw_panels, select
+    from minconv_cli.maps.panels import draw_spaghetti
+    from minconv_cli.rollout.store import open_forecast
+
+    path = Path(local_path(out, "--out"))
+    kind = check_suffix(path)
+    if spaghetti is not None and kind != "png":
+        raise MinconvError("--spaghetti: draws a .png; use --out FILE.png")
+    if path.exists() and not overwrite:
+        raise MinconvError(f"--out: {path} exists (use --overwrite to replace it)")
+    store = open_forecast(as_source(forecast))
+    fields = open_fields([as_source(t) for t in truth], variables=None) if truth else None
+    sel = select(store, fields, variable, level, init, member, leads)
+    with atomic_path(path) as tmp:
+        if spaghetti is not None:
+            info = draw_spaghetti(sel, spaghetti, tmp, dpi)
+        elif kind == "png":
+            info = draw_panels(sel, tmp, dpi)
+        else:
+            with progress_bar(f"drawing {path.name}", quiet) as report:
+                info = animate(sel, tmp, kind, dpi=min(dpi, 80), progress=report)
+    record = {"path": str(path), "kind": kind, "variable": sel.variable, "init": sel.init}
+    record.update(leads=sel.leads, valid=sel.valid, **info)
+    if json_out:
+        print_json(record)
+    elif not quiet:
+        console.print(f"wrote {path}")
