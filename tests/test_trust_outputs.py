@@ -435,3 +435,36 @@ def test_a_convert_whose_output_is_removed_while_writing_is_an_error_not_exit_0(
     assert code == 1, err
     assert "Traceback" not in err and str(out) in err, err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def test_plot_on_a_read_only_or_full_disk_is_one_line_naming_the_image(
+    tmp_path, data, checkpoint, read_only, full_disk
+):
+    store = tmp_path / "fc.zarr"
+    assert invoke("rollout", checkpoint, data, "--steps", 3, "--out", store, "-q").exit_code == 0
+    (full_disk / "filler").write_bytes(bytes(56_000))  # leaves less than one image's room
+    for out, cause in ((read_only / "m.png", "read-only"), (full_disk / "m.gif", "no space left")):
+        line = one_error_line(invoke("plot", store, data, "--out", out, "-q"))
+        assert cause in line and str(out.parent) in line, line
+        assert [p.name for p in out.parent.iterdir() if p.name != "filler"] == []
+
+
+def test_plot_keeps_the_old_image_until_the_new_one_reads_back_and_clears_killed_leftovers(
+    tmp_path, data, checkpoint
+):
+    store, image = tmp_path / "fc.zarr", tmp_path / "m.png"
+    assert invoke("rollout", checkpoint, data, "--steps", 3, "--out", store, "-q").exit_code == 0
+    image.write_bytes(b"old")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    leftover = tmp_path / f".m.png.tmp-{int(dead.stdout)}-deadbeef"  # a killed plot's sibling
+    leftover.write_bytes(b"half")
+    bad = invoke("plot", store, data, "--out", image, "--init", "1900-01-01", "--overwrite")
+    assert bad.exit_code == 1 and image.read_bytes() == b"old"
+    assert invoke("plot", store, data, "--out", image, "--overwrite", "-q").exit_code == 0
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.png")) == []

@@ -65,11 +65,10 @@ def plot(
 ) -> None:
     """Draw maps of truth, forecast and difference per lead (PNG), or animate them (GIF/MP4)."""
     from minconv_cli.core.errors import MinconvError
-    from minconv_cli.core.files import atomic_path
+    from minconv_cli.core.files import atomic_path, output_lock, recover, writing
     from minconv_cli.data import open_fields
     from minconv_cli.data.remote import as_source, local_path
-    from minconv_cli.maps import animate, check_suffix, draw_panels, select
-    from minconv_cli.maps.panels import draw_spaghetti
+    from minconv_cli.maps import check_suffix, select
     from minconv_cli.rollout.store import open_forecast
 
     path = Path(local_path(out, "--out"))
@@ -81,17 +80,40 @@ def plot(
     store = open_forecast(as_source(forecast))
     fields = open_fields([as_source(t) for t in truth], variables=None) if truth else None
     sel = select(store, fields, variable, level, init, member, leads)
-    with atomic_path(path) as tmp:
-        if spaghetti is not None:
-            info = draw_spaghetti(sel, spaghetti, tmp, dpi)
-        elif kind == "png":
-            info = draw_panels(sel, tmp, dpi)
-        else:
-            with progress_bar(f"drawing {path.name}", quiet) as report:
-                info = animate(sel, tmp, kind, dpi=min(dpi, 80), progress=report)
+    with output_lock(path, "plot"):
+        recover(path)  # what a killed plot left beside the image
+        with atomic_path(path) as tmp, writing(path):
+            info = _draw(sel, kind, spaghetti, tmp, dpi, quiet, path.name)
+            _check_image(tmp, kind)
     record = {"path": str(path), "kind": kind, "variable": sel.variable, "init": sel.init}
     record.update(leads=sel.leads, valid=sel.valid, **info)
     if json_out:
         print_json(record)
     elif not quiet:
         console.print(f"wrote {path}")
+
+
+def _draw(sel, kind: str, spaghetti: float | None, tmp: Path, dpi: int, quiet: bool, name: str):
+    """Draw the selection into `tmp`: spaghetti or panels (PNG), or an animation (GIF/MP4)."""
+    from minconv_cli.maps import animate, draw_panels
+    from minconv_cli.maps.panels import draw_spaghetti
+
+    if spaghetti is not None:
+        return draw_spaghetti(sel, spaghetti, tmp, dpi)
+    if kind == "png":
+        return draw_panels(sel, tmp, dpi)
+    with progress_bar(f"drawing {name}", quiet) as report:
+        return animate(sel, tmp, kind, dpi=min(dpi, 80), progress=report)
+
+
+def _check_image(tmp: Path, kind: str) -> None:
+    """Read a PNG or GIF back before it replaces anything (an MP4 is checked for bytes only)."""
+    from minconv_cli.core.errors import MinconvError
+
+    if tmp.stat().st_size == 0:
+        raise MinconvError(f"{tmp}: the image writer wrote nothing")
+    if kind in ("png", "gif"):
+        from PIL import Image
+
+        with Image.open(tmp) as image:
+            image.verify()
