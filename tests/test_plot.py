@@ -170,10 +170,26 @@ def test_bad_input_is_one_line_and_nothing_is_written(files, store, args, messag
     assert not any(p.name.startswith(("bad", ".bad")) for p in files.iterdir())
 
 
+def test_an_mp4_has_one_frame_per_lead_at_the_figure_size(files):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    out = files / "anim.mp4"
+    r = plot(files / "fc.zarr", files / "truth.nc", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(out))  # decoded by ffmpeg itself
+    assert frames == 4
+    reader = imageio_ffmpeg.read_frames(str(out))
+    meta = next(reader)
+    first = np.frombuffer(next(reader), dtype=np.uint8)
+    reader.close()
+    assert first.size == meta["size"][0] * meta["size"][1] * 3 and first.std() > 10
+
+
 def test_mp4_without_ffmpeg_is_one_line(files, monkeypatch):
+    import matplotlib
     from matplotlib import animation
 
     monkeypatch.setattr(animation.writers, "is_available", lambda name: False)
+    monkeypatch.setitem(matplotlib.rcParams, "animation.ffmpeg_path", "ffmpeg")
     r = plot(files / "fc.zarr", "--out", files / "a.mp4")
     assert r.exit_code != 0 and "ffmpeg" in r.output
     assert not (files / "a.mp4").exists()
@@ -201,3 +217,35 @@ def test_longitudes_are_wrapped_and_projected_metres_drawn_in_km():
         np.arange(3) * 1000.0, np.arange(4) * 1000.0, "y", "x", {"units": "m"}, {"units": "m"}
     )
     assert km.extent == (-0.5, 3.5, -0.5, 2.5) and km.x_label == "x (km)"
+
+
+def test_coastlines_are_drawn_from_natural_earth_files_already_on_disk(files, tmp_path, monkeypatch):
+    pytest.importorskip("cartopy")
+    import cartopy
+    import shapefile
+
+    from minconv_cli.maps.grid import add_coastlines, map_grid
+    from minconv_cli.maps.panels import figure
+
+    lat, lon = np.linspace(-60, 60, 12), np.linspace(0, 350, 16)
+    grid = map_grid(lat, lon, "latitude", "longitude", {}, {})
+    monkeypatch.setitem(cartopy.config, "data_dir", str(tmp_path / "cartopy"))
+    fig, axes = figure(1, 1)
+    assert not add_coastlines(axes[0, 0], grid)  # no files on disk: nothing drawn, nothing fetched
+    folder = tmp_path / "cartopy" / "shapefiles" / "natural_earth" / "physical"
+    folder.mkdir(parents=True)
+    with shapefile.Writer(str(folder / "ne_110m_coastline"), shapeType=shapefile.POLYLINE) as w:
+        w.field("name", "C")
+        w.line([[[-20.0, 35.0], [20.0, 50.0]]])  # across the fixture's map
+        w.record("coast")
+    assert add_coastlines(axes[0, 0], grid)
+    (line,) = axes[0, 0].lines
+    np.testing.assert_allclose(line.get_xydata(), [[-20.0, 35.0], [20.0, 50.0]])
+    plain = files / "plain.png"
+    monkeypatch.setitem(cartopy.config, "data_dir", str(tmp_path / "empty"))
+    assert plot(files / "fc.zarr", "--out", plain).exit_code == 0
+    monkeypatch.setitem(cartopy.config, "data_dir", str(tmp_path / "cartopy"))
+    coast = files / "coast.png"
+    assert plot(files / "fc.zarr", "--out", coast).exit_code == 0
+    a, b = (np.asarray(Image.open(p).convert("L"), dtype=int) for p in (plain, coast))
+    assert a.shape == b.shape and ((b < 40) & (a >= 40)).sum() > 20  # new black pixels: the line

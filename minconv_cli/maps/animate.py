@@ -1,5 +1,6 @@
 """Animations over the leads: truth and forecast (or ensemble mean and spread) side by side with
-a time stamp, as GIF (Pillow) or MP4 (only where matplotlib finds ffmpeg)."""
+a time stamp, as GIF (Pillow) or MP4 (where ffmpeg is on PATH or the `imageio-ffmpeg` wheel, which
+bundles one, is installed: `pip install -e ".[maps]"`)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,29 @@ def check_suffix(out: Path) -> str:
         raise MinconvError(
             f"--out: {out}: cannot write {suffix or 'no suffix'!r} (use .png, .gif or .mp4)"
         )
-    if suffix == ".mp4":
-        from matplotlib import animation
-
-        if not animation.writers.is_available("ffmpeg"):
-            raise MinconvError(f"--out: {out}: no ffmpeg found for MP4; write a .gif instead")
+    if suffix == ".mp4" and not ffmpeg_found():
+        raise MinconvError(
+            f"--out: {out}: no ffmpeg found for MP4 (put ffmpeg on PATH or "
+            f'pip install "minconv-cli[maps]"); write a .gif instead'
+        )
     return suffix[1:]
+
+
+def ffmpeg_found() -> bool:
+    """Whether matplotlib can write MP4: ffmpeg on PATH, else the one `imageio-ffmpeg` bundles."""
+    import matplotlib
+    from matplotlib import animation
+
+    if animation.writers.is_available("ffmpeg"):
+        return True
+    try:
+        import imageio_ffmpeg
+
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return False
+    matplotlib.rcParams["animation.ffmpeg_path"] = exe
+    return animation.writers.is_available("ffmpeg")
 
 
 def _writer(kind: str, fps: int):
