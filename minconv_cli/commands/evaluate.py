@@ -34,11 +34,28 @@ Compare = Annotated[
 ]
 # the default names every row of the metric table that --metrics accepts (metric_table.choices)
 Metrics = Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated metrics.")]
+Thresholds = Annotated[
+    str | None,
+    typer.Option(
+        "--thresholds",
+        help="Event thresholds in the variable's units (event: value >= threshold), e.g. 0.1,1,5: "
+        "adds POD, FAR, CSI and ETS at each (choose with --metrics pod,far,csi,ets,fss).",
+    ),
+]
+FssScales = Annotated[
+    str | None,
+    typer.Option(
+        "--fss-scales",
+        help="FSS window sizes in grid cells, e.g. 1,5,10: adds the fractions skill score at each "
+        "threshold and window (needs --thresholds).",
+    ),
+]
 References = Annotated[
     str,
     typer.Option(
         "--references",
-        help="Reference forecasts from the truth: persistence, climatology (or '' for none).",
+        help="Reference forecasts from the truth: persistence, climatology, extrapolation "
+        "(optical flow, needs the nowcast extra: pip install -e '.[nowcast]'), or '' for none.",
     ),
 ]
 ClimatologyFile = Annotated[
@@ -75,6 +92,14 @@ AllowMissingChunks = Annotated[
         "flags as NaN instead of refusing them (never forecast chunks flagged done).",
     ),
 ]
+Maps = Annotated[
+    bool,
+    typer.Option(
+        "--maps",
+        help="Also write error maps: RMSE and bias per grid cell and lead over every init time "
+        "(OUT/error_maps.nc and OUT/error_maps.png).",
+    ),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the score records on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
 
@@ -85,6 +110,8 @@ def evaluate(
     truth: Truth,
     compare: Compare = [],  # noqa: B006 (typer copies list defaults)
     metrics: Metrics = "rmse,mae,bias,acc,rel_l2",
+    thresholds: Thresholds = None,
+    fss_scales: FssScales = None,
     references: References = "persistence,climatology",
     climatology: ClimatologyFile = None,
     climatology_period: ClimatologyPeriod = None,
@@ -92,15 +119,20 @@ def evaluate(
     plot: Plot = None,
     overwrite: Overwrite = False,
     allow_missing_chunks: AllowMissingChunks = False,
+    maps: Maps = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
-    """Score a forecast store against observations (RMSE, MAE, bias, ACC, relative L2, skill)."""
+    """Score a forecast store against observations (RMSE, MAE, bias, ACC, relative L2, skill;
+    POD, FAR, CSI, ETS and FSS of rain events with --thresholds and --fss-scales)."""
     from minconv_cli.core.files import output_lock, recover
     from minconv_cli.data.remote import as_source, local_path
     from minconv_cli.evaluate import check_outputs, default_out_dir, write_reports
     from minconv_cli.evaluate import evaluate as run_evaluate
+    from minconv_cli.evaluate.options import metric_options
+    from minconv_cli.maps.error_maps import draw_error_maps
 
+    metric_options(metrics, thresholds, fss_scales)  # a bad option: refused before anything
     source = as_source(forecast)
     out_dir = local_path(out, "--out") if out else default_out_dir(source)
     plot_path = local_path(plot, "--plot") if plot else None
@@ -118,8 +150,11 @@ def evaluate(
                 climatology_period=climatology_period,
                 progress=report,
                 allow_missing_chunks=allow_missing_chunks,
+                thresholds=thresholds,
+                fss_scales=fss_scales,
+                maps=maps,
             )
-        written = write_reports(scores, out_dir, plot_path)
+        written = write_reports(scores, out_dir, plot_path, draw_maps=draw_error_maps)
     if json_out:
         print_json(scores.records)
     if not quiet:
@@ -130,6 +165,7 @@ def _print_summary(scores: Scores, written: list[Path]) -> None:
     """Overlap, a short table (RMSE and ACC at up to five leads) and the notes, on stderr."""
     from minconv_cli.evaluate import format_lead
     from minconv_cli.evaluate.cases import REASONS
+    from minconv_cli.evaluate.events import parse_event_name
     from minconv_cli.evaluate.metric_table import headline
 
     for o in scores.overlap:
@@ -145,6 +181,7 @@ def _print_summary(scores: Scores, written: list[Path]) -> None:
     table = scores.table
     metric_names = [str(m) for m in table["metric"].values]
     shown = headline(metric_names)
+    shown += [m for m in metric_names if parse_event_name(m)[0] == "csi" and m not in shown]
     n = table.sizes["lead"]
     picks = sorted({round(i * (n - 1) / 4) for i in range(5)}) if n > 5 else list(range(n))
     leads = [format_lead(table["lead"].values[i], table["lead"].attrs.get("units")) for i in picks]

@@ -1,6 +1,6 @@
 """Alignment: the truth at each forecast's valid times, on its grid, over the overlap (and the
-persistence forecast from the truth at the init times); `--compare` forecasts on the main
-forecast's cases (`onto`)."""
+persistence and extrapolation forecasts from the truth at the init times); `--compare` forecasts
+on the main forecast's cases (`onto`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import xarray as xr
 
 from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Fields, timeaxis
+from minconv_cli.evaluate.extrapolation import extrapolated, missing_note
 from minconv_cli.evaluate.labels import label, lead_span, span
 from minconv_cli.rollout.store import DONE, INIT_DIM, LEAD_DIM, MEMBER_DIM, VALID, ForecastStore
 
@@ -104,6 +105,7 @@ class Aligned:
     of_cases: int = 0  # the store's cases: init times x leads x samples
     in_truth: xr.DataArray | None = None  # (time, prediction_timedelta): valid time in the truth
     scope: int = 0  # the store's cases whose valid time is in the truth (the main's, for --compare)
+    extrapolation: dict[str, xr.DataArray] | None = None  # like persistence, per lead
 
 
 def _block(da: xr.DataArray) -> int:
@@ -121,7 +123,11 @@ def like(da: xr.DataArray, template: xr.DataArray) -> xr.DataArray:
 
 
 def align(
-    store: ForecastStore, truth: Fields, with_persistence: bool, load_below: int = LOAD_BELOW_BYTES
+    store: ForecastStore,
+    truth: Fields,
+    with_persistence: bool,
+    load_below: int = LOAD_BELOW_BYTES,
+    with_extrapolation: bool = False,
 ) -> Aligned:
     """Truth at the forecast's valid times, on the forecast's grid; only the overlap is kept.
 
@@ -134,7 +140,7 @@ def align(
     valid_pos = _time_indexer(truth.times, valid, truth.time_step)
     init_pos = _time_indexer(truth.times, init, truth.time_step)
     notes: list[str] = []
-    ok, with_persistence = _scorable(valid_pos, init_pos, with_persistence, notes)
+    ok, refs = _scorable(valid_pos, init_pos, (with_persistence, with_extrapolation), notes)
     rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
     if not ok.any():
         raise MinconvError(
@@ -145,26 +151,23 @@ def align(
     sub = ds.isel({INIT_DIM: rows, LEAD_DIM: cols})
     case = {"dims": (INIT_DIM, LEAD_DIM), "coords": {d: sub[d] for d in (INIT_DIM, LEAD_DIM)}}
     done = sub[DONE] if DONE in sub.coords else None
-    if done is not None:
-        notes += _unfinished(done)
+    notes += _unfinished(done) if done is not None else []
     cases = _Cases(
         sub=sub,
         done=done,
         mask=xr.DataArray(ok, **case),
         pos=xr.DataArray(np.where(ok, valid_pos[np.ix_(rows, cols)], 0), **case),
-        init_pos=init_pos[rows] if with_persistence else None,
+        init_pos=init_pos[rows] if refs else None,
         lazy=sum(sub[v].nbytes for v in store.variables) >= load_below,
+        refs=tuple(refs),
     )
-    forecast, truth_at, persistence = _gather(store, truth, pair, cases)
+    forecast, truth_at, persistence, extrapolation = _gather(store, truth, pair, cases, notes)
     scored_valid = valid[np.ix_(rows, cols)][ok]
     overlap = _overlap_record(store, init, lead, (rows, cols), scored_valid, ok, notes)
     # unscored cases take a scored valid time, so that lookups (climatology) never miss on them
     valid_da = xr.DataArray(np.where(ok, valid[np.ix_(rows, cols)], scored_valid[0]), **case)
-    scope = _case_grid(sub, store.sample_dims) & cases.mask
-    ready = scope & _all_members(done) if done is not None else scope
-    ready = ready.transpose(INIT_DIM, LEAD_DIM, *store.sample_dims).load()
-    n_samples = int(np.prod([ds.sizes[d] for d in store.sample_dims]))
-    n_cases = int(valid.size) * n_samples
+    scope, ready = _ready(sub, store, cases.mask, done)
+    n_cases = int(valid.size) * int(np.prod([ds.sizes[d] for d in store.sample_dims]))
     return Aligned(
         store,
         forecast,
@@ -176,7 +179,17 @@ def align(
         n_cases,
         cases.mask,
         int(scope.sum()),
+        extrapolation,
     )
+
+
+def _ready(
+    sub: xr.Dataset, store: ForecastStore, mask: xr.DataArray, done: xr.DataArray | None
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """The cases in scope (their valid time in the truth) and those ready (every sequence done)."""
+    scope = _case_grid(sub, store.sample_dims) & mask
+    ready = scope & _all_members(done) if done is not None else scope
+    return scope, ready.transpose(INIT_DIM, LEAD_DIM, *store.sample_dims).load()
 
 
 def _overlap_record(
@@ -203,17 +216,20 @@ def _overlap_record(
 
 
 def _scorable(
-    valid_pos: np.ndarray, init_pos: np.ndarray, with_persistence: bool, notes: list[str]
-) -> tuple[np.ndarray, bool]:
-    """(init, lead) cases whose valid time (with persistence, also init time) is in the truth,
-    and whether persistence is still in use (not when no init time is in the truth)."""
+    valid_pos: np.ndarray, init_pos: np.ndarray, asked: tuple[bool, bool], notes: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """(init, lead) cases whose valid time (with the references from the init time `asked` for,
+    persistence and extrapolation, also init time) is in the truth, and those references still
+    in use (none when no init time is in the truth)."""
+    refs = [r for r, on in zip(("persistence", "extrapolation"), asked, strict=True) if on]
     ok = valid_pos >= 0
-    if with_persistence and ok.any():
+    if refs and ok.any():
         if not (ok & (init_pos >= 0)[:, None]).any():
-            notes.append("persistence left out: no init time of the forecast is in the truth")
-            return ok, False
+            which = " and ".join(refs)
+            notes.append(f"{which} left out: no init time of the forecast is in the truth")
+            return ok, []
         ok &= (init_pos >= 0)[:, None]
-    return ok, with_persistence
+    return ok, refs
 
 
 def _unfinished(done: xr.DataArray) -> list[str]:
@@ -370,23 +386,25 @@ def _valid_times(
 @dataclass
 class _Cases:
     """The scored part of a store: its overlap `sub`, done flags, which (init, lead) cases are
-    scored (`mask`), their truth positions (`pos`) and those of the init times (persistence)."""
+    scored (`mask`), their truth positions (`pos`) and those of the init times (references)."""
 
     sub: xr.Dataset
     done: xr.DataArray | None
     mask: xr.DataArray
     pos: xr.DataArray
-    init_pos: np.ndarray | None  # None: no persistence
+    init_pos: np.ndarray | None  # None: no reference from the init times
     lazy: bool
+    refs: tuple[str, ...] = ()  # the references from the init times: persistence, extrapolation
 
 
-def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases):
-    """Per variable: the forecast, the truth at its valid times and (if asked) persistence."""
+def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases, notes: list[str]):
+    """Per variable: the forecast, the truth at its valid times and (if asked) persistence and
+    extrapolation (computed in memory here)."""
     tds = to_forecast_grid(truth.ds, roles_of(truth), store, pair).rename(
         {truth.time_dim: TRUTH_TIME}
     )
     sub = cases.sub
-    forecast, truth_at, persistence = {}, {}, {}
+    forecast, truth_at, persistence, extrapolation = {}, {}, {}, {}
     for v in store.variables:
         fc = sub[v]
         if cases.done is not None:
@@ -403,9 +421,17 @@ def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases):
         at = src.isel({TRUTH_TIME: cases.pos}).drop_vars(TRUTH_TIME, errors="ignore")
         forecast[v] = fc
         truth_at[v] = like(at.where(cases.mask).transpose(*fc.dims, missing_dims="ignore"), fc)
-        if cases.init_pos is not None:
+        if "persistence" in cases.refs:
             ip = xr.DataArray(cases.init_pos, dims=(INIT_DIM,), coords={INIT_DIM: sub[INIT_DIM]})
             persistence[v] = like(
                 src.isel({TRUTH_TIME: ip}).drop_vars(TRUTH_TIME, errors="ignore"), fc
             )
-    return forecast, truth_at, persistence if cases.init_pos is not None else None
+        if "extrapolation" in cases.refs:
+            space, axis = (store.y_dim, store.x_dim), (truth.times, truth.time_step)
+            ex, missing = extrapolated(
+                src, TRUTH_TIME, space, cases.init_pos, (sub[INIT_DIM], sub[LEAD_DIM]), axis
+            )
+            extrapolation[v] = like(ex.transpose(*fc.dims, missing_dims="ignore"), fc)
+    if "extrapolation" in cases.refs and missing:
+        notes.append(missing_note(missing, len(cases.init_pos)))
+    return forecast, truth_at, persistence or None, extrapolation or None

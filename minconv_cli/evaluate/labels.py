@@ -33,6 +33,23 @@ def lead_hours(lead: Any) -> float | None:
     return None
 
 
+def lead_minutes(lead: Any) -> float | None:
+    """The lead in minutes when it is a time span (5-min radar leads read 5, 10, ...), else None."""
+    hours = lead_hours(lead)
+    return None if hours is None else hours * 60.0
+
+
+def sub_hourly(leads: np.ndarray) -> bool:
+    """Whether the leads are time spans not all on whole hours (5-min radar steps)."""
+    hours = [lead_hours(x) for x in np.asarray(leads).ravel()]
+    return bool(hours) and None not in hours and any(h != int(h) for h in hours)
+
+
+def minutes_axis(leads: np.ndarray) -> bool:
+    """Whether plots read leads in minutes: sub-hourly time leads, every one under 6 h."""
+    return sub_hourly(leads) and max(lead_hours(x) for x in np.asarray(leads).ravel()) < 6
+
+
 def span(values: np.ndarray) -> dict:
     values = np.asarray(values).ravel()
     if values.size == 0:

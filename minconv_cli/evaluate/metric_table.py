@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import xarray as xr
 
+import minconv_cli.evaluate.events as ev
 import minconv_cli.evaluate.metrics as m  # not `from minconv_cli.evaluate`: that is the package
+from minconv_cli.evaluate.events import Events, parse_event_name
 
 LOWER, HIGHER, NEARER, NONE = "lower", "higher", "nearer", ""  # which way is better
 UNDEFINED_EMPTY = "undefined: no valid cells to score"
@@ -40,6 +42,8 @@ class Metric:
         False  # one score per reference: derive(forecast's, reference's reductions)
     )
     undefined: str = UNDEFINED_EMPTY  # the note when it is NaN although cells were scored
+    per_threshold: bool = False  # one score per `--thresholds` event threshold (`csi@1`)
+    per_scale: bool = False  # and per `--fss-scales` window size (`fss@1/s5`)
 
     def compute(
         self,
@@ -49,10 +53,13 @@ class Metric:
         space: Sequence,
         cases: Sequence,
         weights: xr.DataArray | None,
+        events: Events | None = None,
     ) -> xr.DataArray | None:
         """The lazy reduction (None where it does not apply, e.g. no climatology for ACC)."""
         if self.reduce is None:
             return None
+        if self.per_threshold:
+            return self.reduce(forecast, truth, space, cases, weights, events=events)
         if self.needs_climatology:
             if climatology is None:
                 return None
@@ -136,17 +143,55 @@ ROWS = (
         chosen=False,
         in_table=False,
     ),
+    Metric("contingency", ev.contingency, chosen=False, in_table=False, per_threshold=True),
+    Metric("fss_sums", ev.fss_sums, chosen=False, in_table=False, per_threshold=True),
+    *(
+        Metric(
+            name,
+            derive=derive,
+            derived_from=("contingency",),
+            better=better,
+            best=best,
+            has_units=False,
+            per_threshold=True,
+            undefined=f"undefined: {why} at this threshold",
+        )
+        for name, derive, better, best, why in (
+            ("pod", ev.pod_of, HIGHER, 1.0, "the truth has no event"),
+            ("far", ev.far_of, LOWER, 0.0, "the forecast has no event"),
+            ("csi", ev.csi_of, HIGHER, 1.0, "neither the forecast nor the truth has an event"),
+            ("ets", ev.ets_of, HIGHER, 1.0, "hits + misses + false alarms equal the random hits"),
+        )
+    ),
+    Metric(
+        "fss",
+        derive=ev.fss_of,
+        derived_from=("fss_sums",),
+        better=HIGHER,
+        best=1.0,
+        has_units=False,
+        per_threshold=True,
+        per_scale=True,
+        undefined="undefined: neither the forecast nor the truth has an event at this threshold",
+    ),
 )
 METRICS: dict[str, Metric] = {row.name: row for row in ROWS}
 
 
 def choices() -> list[str]:
-    """The names `--metrics` accepts, in table order (also its default: all of them)."""
-    return [name for name, row in METRICS.items() if row.chosen]
+    """The names `--metrics` accepts, in table order (also its default: all of them), event
+    scores aside (`event_choices`)."""
+    return [name for name, row in METRICS.items() if row.chosen and not row.per_threshold]
+
+
+def event_choices() -> list[str]:
+    """The event scores `--metrics` accepts with `--thresholds` (pod, far, csi, ets, fss)."""
+    return [name for name, row in METRICS.items() if row.chosen and row.per_threshold]
 
 
 def row_of(name: str) -> Metric:
-    """The row of a reported name (`skill_vs_persistence` is the `skill` row)."""
+    """The row of a reported name (`skill_vs_persistence` is the `skill` row, `csi@1` `csi`)."""
+    name = parse_event_name(name)[0]
     base, vs, _ = name.partition("_vs_")
     return (
         METRICS[base] if vs and base in METRICS and METRICS[base].per_reference else METRICS[name]
@@ -172,3 +217,28 @@ def headline(names: Sequence[str]) -> list[str]:
 def drawn_on(panel: str) -> list[str]:
     """The metrics drawn as dashed lines on `panel` (an ensemble's spread on the RMSE)."""
     return [n for n, r in METRICS.items() if r.drawn_on == panel]
+
+
+def event_panels(names: Sequence[str]) -> list[str]:
+    """The event scores plotted: CSI at every threshold, then FSS at each scale at the first
+    threshold >= 1 (else the first threshold)."""
+    parsed = [(n, *parse_event_name(n)) for n in names]
+    csi = [n for n, base, _, _ in parsed if base == "csi"]
+    fss = [(n, t) for n, base, t, _ in parsed if base == "fss"]
+    thresholds = list(dict.fromkeys(t for _, t in fss))
+    pick = next((t for t in thresholds if t >= 1), thresholds[0] if thresholds else None)
+    return csi + [n for n, t in fss if t == pick]
+
+
+def event_names(wanted: Sequence[str], events: Events | None) -> list[str]:
+    """`wanted` with each event score as its reported names: `csi@1`, `fss@1/s5`, ..."""
+    out: list[str] = []
+    for name in wanted:
+        row = METRICS[name]
+        if not row.per_threshold or events is None:
+            out.append(name)
+            continue
+        for t in events.thresholds:
+            scales = events.scales if row.per_scale else (None,)
+            out += [ev.event_name(name, t, s) for s in scales]
+    return out

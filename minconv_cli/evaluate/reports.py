@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from minconv_cli.core.errors import MinconvError
 from minconv_cli.core.files import atomic_paths, commit, remove, sibling, writing
 from minconv_cli.data.remote import is_url
 from minconv_cli.evaluate.cases import REASONS
+from minconv_cli.evaluate.error_maps import ERROR_MAPS_FILE, ERROR_MAPS_PNG
+from minconv_cli.evaluate.events import parse_event_name
 from minconv_cli.evaluate.labels import format_lead
 from minconv_cli.evaluate.metrics import RANK_DIM, RANK_HISTOGRAM
 from minconv_cli.evaluate.plots import plot_rank_histograms, plot_scores
@@ -24,6 +27,7 @@ from minconv_cli.evaluate.scoring import Scores
 OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc", "overlap.json", "overlap.csv")
 PLOT_FILE = "scores.png"
 RANK_PLOT_FILE = "rank_histogram.png"  # ensembles only
+MAP_FILES = (ERROR_MAPS_FILE, ERROR_MAPS_PNG)  # --maps only
 
 
 def default_out_dir(forecast: str | Path) -> Path:
@@ -52,6 +56,7 @@ def check_outputs(out_dir: Path, plot: Path | None, overwrite: bool) -> None:
         raise MinconvError(f"--plot {plot}: expected a .png file name")
     if not overwrite:
         paths = [*output_paths(out_dir, plot), rank_plot_path(out_dir, plot)]
+        paths += [out_dir / f for f in MAP_FILES]
         existing = [str(p) for p in paths if p.exists()]
         if existing:
             raise MinconvError(f"{existing[0]}: exists; use --overwrite to replace the scores")
@@ -60,6 +65,8 @@ def check_outputs(out_dir: Path, plot: Path | None, overwrite: bool) -> None:
 def _records_csv(records: list[dict]) -> str:
     buf = io.StringIO()
     cols = ["forecast", "variable", "lead", "lead_hours", "metric", "value", "note"]
+    # present when scored: sub-hourly leads in minutes, the event threshold and FSS window
+    cols += [k for k in ("lead_minutes", "threshold", "scale") if records and k in records[0]]
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     writer.writeheader()
     for r in records:
@@ -82,7 +89,7 @@ def _overlap_csv(overlap: list[dict]) -> str:
 
 
 def _table_dataset(scores: Scores) -> xr.Dataset:
-    ds = scores.table.to_dataset()
+    ds = _with_events(scores.table).to_dataset()
     ds["score"].attrs = {
         "long_name": "forecast scores (NaN: undefined or not scored; see notes)",
         "units_by_variable": json.dumps(scores.units),
@@ -98,6 +105,20 @@ def _table_dataset(scores: Scores) -> xr.Dataset:
         "notes": "\n".join(scores.notes),
     }
     return ds
+
+
+def _with_events(table: xr.DataArray) -> xr.DataArray:
+    """The table with `threshold` and `scale` coordinates along `metric` (NaN, -1 for other
+    metrics) when it holds event scores (`csi@1`, `fss@1/s5`)."""
+    parsed = [parse_event_name(str(m)) for m in table["metric"].values]
+    if all(t is None for _, t, _ in parsed):
+        return table
+    threshold = [np.nan if t is None else t for _, t, _ in parsed]
+    scale = [-1 if s is None else s for _, _, s in parsed]
+    return table.assign_coords(
+        threshold=("metric", threshold, {"long_name": "event threshold (value >= threshold)"}),
+        scale=("metric", scale, {"long_name": "FSS window size (-1: none)", "units": "grid cells"}),
+    )
 
 
 def _rank_table(scores: Scores) -> xr.DataArray:
@@ -127,15 +148,25 @@ def _rank_table(scores: Scores) -> xr.DataArray:
     return out
 
 
-def write_reports(scores: Scores, out_dir: Path, plot: Path | None = None) -> list[Path]:
-    """Write the scores, the cases scored and the PNG(s) (`output_paths`): built beside OUT,
-    checked, then swapped in as one (`commit`: a kill leaves the old or the new set, never a mix;
-    other files in OUT are kept). A `--plot` outside OUT is replaced on its own, atomically."""
+def write_reports(
+    scores: Scores,
+    out_dir: Path,
+    plot: Path | None = None,
+    draw_maps: Callable[[xr.Dataset, Path, str], object] | None = None,
+) -> list[Path]:
+    """Write the scores, the cases scored and the PNG(s) (`output_paths`; with error maps, also
+    error_maps.nc and, drawn by `draw_maps`, error_maps.png): built beside OUT, checked, then
+    swapped in as one (`commit`: a kill leaves the old or the new set, never a mix; other files in
+    OUT are kept). A `--plot` outside OUT is replaced on its own, atomically."""
     targets = output_paths(out_dir, plot)
     rank_png = rank_plot_path(out_dir, plot)
     if scores.rank_histograms:
         targets.append(rank_png)
+    maps = scores.error_maps
+    if maps is not None:
+        targets += [out_dir / f for f in MAP_FILES[: 2 if draw_maps else 1]]
     ours = {p.name for p in [*output_paths(out_dir, None), rank_plot_path(out_dir, None)]}
+    ours |= set(MAP_FILES)
     stage = sibling(out_dir, "tmp")
     outside = [t for t in targets if t.parent != out_dir]
     try:
@@ -152,6 +183,11 @@ def write_reports(scores: Scores, out_dir: Path, plot: Path | None = None) -> li
             if scores.rank_histograms:
                 leads = [format_lead(x) for x in scores.table["lead"].values]
                 plot_rank_histograms(scores.rank_histograms, staged[6], leads)
+            if maps is not None:
+                at = targets.index(out_dir / ERROR_MAPS_FILE)
+                maps.to_netcdf(staged[at], engine="netcdf4")
+                if draw_maps is not None:
+                    draw_maps(maps, staged[at + 1], scores.forecasts[0])
             _check_written(staged, targets)
             commit(stage, out_dir, carry=lambda name: name not in ours)
     finally:

@@ -3,13 +3,11 @@ metrics chunk-wise with dask, and assemble the records and the score table."""
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import dask
 import numpy as np
@@ -37,19 +35,18 @@ from minconv_cli.evaluate.climatology import (
     climatology_from_file,
     climatology_from_truth,
 )
-from minconv_cli.evaluate.labels import format_lead, lead_hours
-from minconv_cli.evaluate.metric_table import (
-    METRICS,
-    UNDEFINED_EMPTY,
-    choices,
-    member_names,
-    reference_names,
-    row_of,
-)
+from minconv_cli.evaluate.error_maps import error_map_dataset, lazy_error_sums
+from minconv_cli.evaluate.events import Events, split_events
+from minconv_cli.evaluate.extrapolation import require_pysteps
+from minconv_cli.evaluate.labels import lead_hours, sub_hourly
+from minconv_cli.evaluate.metric_table import METRICS, event_names, member_names, reference_names
 from minconv_cli.evaluate.metrics import RANK_DIM, RANK_HISTOGRAM, area_weights
+from minconv_cli.evaluate.options import Listed, check_scales, metric_options, parse_list
+from minconv_cli.evaluate.records import fill, per_channel
 from minconv_cli.rollout.store import INIT_DIM, LEAD_DIM, MEMBER_DIM, ForecastStore, open_forecast
 
-REFERENCES = ("persistence", "climatology")
+REFERENCES = ("persistence", "climatology", "extrapolation")  # extrapolation: the nowcast extra
+DEFAULT_REFERENCES = ("persistence", "climatology")
 
 
 @dataclass
@@ -68,6 +65,8 @@ class Scores:
     meta: dict = field(default_factory=dict)
     # (forecast, variable) -> relative frequency over (lead, rank), for ensemble forecasts
     rank_histograms: dict = field(default_factory=dict)
+    # `--maps`: RMSE and bias per grid cell and lead of every forecast (error_maps.error_map_dataset)
+    error_maps: xr.Dataset | None = None
 
     def to_dict(self) -> dict:
         return {"records": self.records, "overlap": self.overlap, "notes": self.notes}
@@ -87,9 +86,10 @@ def _lazy_scores(
     clim: xr.DataArray | None,
     store: ForecastStore,
     wanted: Sequence[str],
+    events: Events | None = None,
 ) -> dict[str, xr.DataArray]:
     """The lazy reductions of one forecast and variable: the count and every row of the table it
-    gets (an ensemble: the member rows on its members, the others on its mean)."""
+    gets (an ensemble: the member rows on its members, the others, event scores too, on its mean)."""
     space = (store.y_dim, store.x_dim)
     cases = (INIT_DIM, *store.sample_dims)
     latlon = is_latitude(store.ds, store.y_dim) and is_longitude(store.ds, store.x_dim)
@@ -99,7 +99,9 @@ def _lazy_scores(
     out = {"count": (mean - truth).notnull().sum([*cases, *space])}
     for row in METRICS.values():
         if row.applies(wanted, members):
-            value = row.compute(fc if row.needs_members else mean, truth, clim, space, cases, w)
+            value = row.compute(
+                fc if row.needs_members else mean, truth, clim, space, cases, w, events
+            )
             if value is not None:
                 out[row.name] = value
     return out
@@ -112,16 +114,7 @@ def _derive(ds: xr.Dataset, wanted: Sequence[str], members: int) -> xr.Dataset:
             continue
         if all(name in ds for name in row.derived_from):
             ds[row.name] = row.derive(ds, members)
-    return ds
-
-
-def _parse_list(value: Sequence[str] | str, allowed: Sequence[str], option: str) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    items = [s.strip().lower() for s in items if s.strip()]
-    bad = [s for s in items if s not in allowed]
-    if bad:
-        raise MinconvError(f"{option}: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
-    return list(dict.fromkeys(items))
+    return split_events(ds, [n for n, r in METRICS.items() if r.per_threshold and r.in_table])
 
 
 def _options(
@@ -129,16 +122,18 @@ def _options(
     references: Sequence[str] | str,
     climatology: str | Path | None,
     climatology_period: str | None,
-) -> tuple[list[str], list[str]]:
-    """The metrics (any chosen row of the table; default all) and references asked for."""
-    allowed = choices()
-    wanted = _parse_list(allowed if metrics_ is None else metrics_, allowed, "--metrics")
-    refs = _parse_list(references, REFERENCES, "--references")
-    if not wanted:
-        raise MinconvError("--metrics: give at least one of " + ", ".join(allowed))
+    thresholds: Listed = None,
+    fss_scales: Listed = None,
+) -> tuple[list[str], list[str], Events | None]:
+    """The metrics (any chosen row of the table; default all), the references and the events
+    (`--thresholds`, `--fss-scales`) asked for."""
+    wanted, events = metric_options(metrics_, thresholds, fss_scales)
+    refs = parse_list(references, REFERENCES, "--references")
     if climatology is not None and climatology_period is not None:
         raise MinconvError("--climatology and --climatology-period: give one or the other")
-    return wanted, refs
+    if "extrapolation" in refs:
+        require_pysteps()  # before anything is read
+    return wanted, refs, events
 
 
 def evaluate(
@@ -146,43 +141,61 @@ def evaluate(
     truth: str | Path | Sequence[str | Path],
     compare: Sequence[str] = (),
     metrics_: Sequence[str] | str | None = None,
-    references: Sequence[str] | str = REFERENCES,
+    references: Sequence[str] | str = DEFAULT_REFERENCES,
     climatology: str | Path | None = None,
     climatology_period: str | None = None,
     progress: Progress | None = None,
     load_below: int = LOAD_BELOW_BYTES,
     allow_missing_chunks: bool = False,
+    thresholds: Listed = None,
+    fss_scales: Listed = None,
+    maps: bool = False,
 ) -> Scores:
     """Score FORECAST (and the `--compare` forecasts) against TRUTH with the reference forecasts;
-    `metrics_` names rows of the metric table (default: every one `--metrics` accepts)."""
-    wanted, refs = _options(metrics_, references, climatology, climatology_period)
+    `metrics_` names rows of the metric table (default: every one `--metrics` accepts);
+    `thresholds` (event: value >= threshold) and `fss_scales` (window sizes) add event scores;
+    `maps` adds the error maps (RMSE and bias per grid cell and lead) of every forecast."""
+    wanted, refs, events = _options(
+        metrics_, references, climatology, climatology_period, thresholds, fss_scales
+    )
     stores = _open_stores(forecast, compare)
     main = stores[0]
+    check_scales(events, (main.ds.sizes[main.y_dim], main.ds.sizes[main.x_dim]), str(main.path))
     for s in stores:
         verify_done_chunks(s, allow_missing_chunks)
     fields = open_fields(truth, variables=main.variables, allow_missing_chunks=allow_missing_chunks)
     use_clim = "climatology" in refs or any(METRICS[m].needs_climatology for m in wanted)
-    clim_file = None
-    if use_clim and climatology is not None:
-        clim_file = climatology_from_file(
+    clim_file = (
+        climatology_from_file(
             as_source(climatology), main.variables, fields.time_is_datetime, allow_missing_chunks
         )
+        if use_clim and climatology is not None
+        else None
+    )
     notes: list[str] = []
     others = [(fields.path_label, fields.ds)]
     if clim_file is not None:
         others.append((clim_file.source, clim_file.fields))
     check_units(stores, others, main.variables, notes)
-    first = align(main, fields, "persistence" in refs, load_below)
+    first = align(main, fields, "persistence" in refs, load_below, "extrapolation" in refs)
     aligned = [first, *(onto(first, s, fields, load_below) for s in stores[1:])]
     notes += [f"{a.store.name}: {n}" for a in aligned for n in a.overlap.pop("notes")]
     clim = _climatology(fields, main, clim_file, climatology_period, notes) if use_clim else None
     clim_at = _climatology_at(first, clim, notes)
     cases = common_cases(aligned, _references(first, clim_at, refs), clim_at)
-    results = _reduce(aligned, cases, clim_at, wanted, progress)
+    case_dims = (INIT_DIM, *main.sample_dims)
+    sums = lazy_error_sums(cases.forecast, cases.truth, case_dims) if maps else {}
+    results, sums = _reduce(aligned, cases, clim_at, wanted, progress, events, sums)
     if not any(a.overlap["cases"] for a in aligned):
         raise MinconvError(_nothing_scored(aligned, fields))
     used_refs = list(dict.fromkeys(ref for ref, _ in cases.references))
-    return _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+    wanted = event_names(wanted, events)
+    scores = _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+    if maps:
+        units = {v: str(fields.ds[v].attrs.get("units", "")) for v in main.variables}
+        space = (main.y_dim, main.x_dim)
+        scores.error_maps = error_map_dataset(sums, units, main.lead_unit, space)
+    return scores
 
 
 def _reduce(
@@ -191,9 +204,12 @@ def _reduce(
     clim_at: dict[str, xr.DataArray] | None,
     wanted: list[str],
     progress: Progress | None,
-) -> dict[tuple[str, str], xr.Dataset]:
+    events: Events | None = None,
+    along: dict | None = None,
+) -> tuple[dict[tuple[str, str], xr.Dataset], dict]:
     """Every (forecast or reference, variable)'s reductions in one dask pass, then the derived
-    rows; the overlap counts go into each forecast's overlap record."""
+    rows; the overlap counts go into each forecast's overlap record. `along` (lazy objects, e.g.
+    the error-map sums) is computed in the same pass and returned beside."""
     main = aligned[0].store
     lazy = {
         (a.store.name, v): _lazy_scores(
@@ -202,24 +218,28 @@ def _reduce(
             clim_at[v] if clim_at is not None else None,
             main,
             wanted,
+            events,
         )
         for a in aligned
         for v in a.forecast
     }
     for (ref, v), ref_fc in cases.references.items():
         c = clim_at[v] if clim_at is not None else None
-        lazy[(ref, v)] = _lazy_scores(ref_fc, cases.truth[v], c, main, wanted)
+        lazy[(ref, v)] = _lazy_scores(ref_fc, cases.truth[v], c, main, wanted, events)
     keys = list(lazy)
     with dask_progress(progress, every=50), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
-        *computed, counts = dask.compute(*[xr.Dataset(lazy[k]) for k in keys], cases.counts)
+        *computed, counts, along = dask.compute(
+            *[xr.Dataset(lazy[k]) for k in keys], cases.counts, along or {}
+        )
     for a in aligned:
         a.overlap.update(overlap_counts(a, counts[a.store.name]))
         a.overlap["case"] = list(map(str, aligned[0].ready.dims))
     members = {a.store.name: a.store.members or 0 for a in aligned}
-    return {
+    derived = {
         k: _derive(ds, wanted, members.get(k[0], 0)) for k, ds in zip(keys, computed, strict=True)
     }
+    return derived, along
 
 
 def _nothing_scored(aligned: list[Aligned], fields: Fields) -> str:
@@ -232,10 +252,12 @@ def _nothing_scored(aligned: list[Aligned], fields: Fields) -> str:
 def _references(
     main: Aligned, clim_at: dict[str, xr.DataArray] | None, refs: list[str]
 ) -> dict[str, dict[str, xr.DataArray]]:
-    """The reference forecasts in use (persistence, climatology), broadcast like the truth."""
+    """The reference forecasts in use (persistence, climatology, extrapolation), broadcast like
+    the truth."""
     out: dict[str, dict[str, xr.DataArray]] = {}
+    sources = {"persistence": main.persistence, "extrapolation": main.extrapolation}
     for ref in refs:
-        source = main.persistence if ref == "persistence" else clim_at
+        source = sources.get(ref, clim_at)
         if source is None:
             continue
         out[ref] = {
@@ -300,13 +322,6 @@ def _climatology_at(
         return None
 
 
-def _channel_name(fields: Fields, variable: str, level: Any) -> str:
-    for ch in fields.channels:
-        if ch.variable == variable and ch.level == level:
-            return ch.name
-    return f"{variable}_{level}"
-
-
 def _assemble(
     results: dict[tuple[str, str], xr.Dataset],
     stores: list[ForecastStore],
@@ -320,7 +335,7 @@ def _assemble(
     main = stores[0]
     leads = np.unique(np.concatenate([r[LEAD_DIM].values for r in results.values()]))
     names = [s.name for s in stores] + refs
-    per, units = _per_channel(results, main, fields, leads)
+    per, units = per_channel(results, main, fields, leads)
     channels = list(dict.fromkeys(ch for _, ch in per))
     metric_names = [*wanted, *reference_names(refs)]
     if any(s.members for s in stores):
@@ -342,7 +357,8 @@ def _assemble(
         coords={"forecast": names, "metric": metric_names, "variable": channels, "lead": leads},
         name="score",
     )
-    records = _fill(table, per, metric_names, leads, main.lead_unit, notes)
+    extra = (main.lead_is_time and sub_hourly(leads), any("@" in m for m in metric_names))
+    records = fill(table, per, metric_names, leads, main.lead_unit, notes, extra)
     if main.lead_unit:
         table["lead"].attrs["units"] = main.lead_unit
     if main.lead_is_time:
@@ -362,66 +378,3 @@ def _assemble(
         meta={s.name: str(s.path) for s in stores},
         rank_histograms=rank_hists,
     )
-
-
-def _per_channel(
-    results: dict[tuple[str, str], xr.Dataset],
-    main: ForecastStore,
-    fields: Fields,
-    leads: np.ndarray,
-) -> tuple[dict[tuple[str, str], xr.Dataset], dict[str, str]]:
-    """Per (name, channel): a Dataset over all leads, levels split into channels; and the units."""
-    per: dict[tuple[str, str], xr.Dataset] = {}
-    units: dict[str, str] = {}
-    for (name, v), ds in results.items():
-        ds = ds.reindex({LEAD_DIM: leads})
-        level = main.level_dim if main.level_dim in ds.dims else None
-        for lv in ds[level].values.tolist() if level else [None]:
-            part = ds.sel({level: lv}) if level else ds
-            ch = _channel_name(fields, v, lv) if level else v
-            per[(name, ch)] = part.drop_vars(level, errors="ignore") if level else part
-            units[ch] = str(fields.ds[v].attrs.get("units", ""))
-    return per, units
-
-
-def _fill(
-    table: xr.DataArray,
-    per: dict[tuple[str, str], xr.Dataset],
-    metric_names: list[str],
-    leads: np.ndarray,
-    lead_unit: str | None,
-    notes: list[str],
-) -> list[dict]:
-    """Fill `table` and return the records; undefined values are null with one note per kind."""
-    records = []
-    undefined: dict[tuple, tuple[dict, dict]] = {}  # (forecast, metric, note) -> channels, leads
-    for (name, ch), ds in per.items():
-        for m in metric_names:
-            if m not in ds:
-                continue
-            table.loc[{"forecast": name, "metric": m, "variable": ch}] = ds[m].values
-            for i, lead in enumerate(leads):
-                count = ds["count"].values[i]
-                if not np.isfinite(count):
-                    continue  # this forecast has no such lead
-                value = float(ds[m].values[i])
-                note = None
-                if not math.isfinite(value):
-                    note = UNDEFINED_EMPTY if count == 0 else row_of(m).undefined
-                    seen = undefined.setdefault((name, m, note), ({}, {}))
-                    seen[0][ch], seen[1][format_lead(lead, lead_unit)] = None, None
-                records.append(
-                    {
-                        "forecast": name,
-                        "variable": ch,
-                        "lead": format_lead(lead, lead_unit),
-                        "lead_hours": lead_hours(lead),
-                        "metric": m,
-                        "value": value if note is None else None,
-                        "note": note,
-                    }
-                )
-    for (name, m, note), (chs, at) in undefined.items():
-        where = "every lead" if len(at) == len(leads) else "lead " + ", ".join(at)
-        notes.append(f"{name} {m} of {', '.join(chs)} at {where}: {note} (null in the records)")
-    return records
