@@ -168,6 +168,8 @@ def rollout(
     with progress_bar("rollout", quiet) as report:
         run = dict(device=device, command=command, progress=report)
         result = run_rollout(*request, **run, **options, **ensemble)
+    if result.memory_note and not quiet:
+        console.print(result.memory_note, soft_wrap=True)
     if json_out:
         print_json(result.to_dict())
     elif not quiet:

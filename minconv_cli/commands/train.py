@@ -20,6 +20,8 @@ from rich.progress import (
 from rich.table import Table
 
 from minconv_cli.commands._common import console, print_json, rich_progress, user_errors
+from minconv_cli.commands.crop_option import Crop, CropDryKeep, crop_options
+from minconv_cli.commands.transform_option import Transforms, transform_options
 from minconv_cli.core.errors import MinconvError, check_apart, check_not_blank, check_unique
 
 
@@ -294,6 +296,9 @@ def train(
     print_config: PrintConfig = False,
     allow_missing_chunks: AllowMissingChunks = False,
     allow_overlap: AllowOverlap = False,
+    transform: Transforms = None,
+    crop: Crop = None,
+    crop_dry_keep: CropDryKeep = None,
 ) -> None:
     """Train a forecasting model; writes model.pt, last.pt, config.yaml, metrics.csv and summary.json."""
     started = time.monotonic()  # --max-time counts from here: loading torch and the data included
@@ -304,14 +309,12 @@ def train(
     _check_choices(width, params, resume, overwrite, run_dir)
     options = _data_options(
         data, variables, static, train_period, val_period, allow_missing_chunks, allow_overlap
-    )
+    ) | transform_options(transform) | crop_options(crop, crop_dry_keep)
     options.update(zip(MODEL_KEYS, (model, width, params, layers, norm), strict=True))
     options.update(
         zip(TRAIN_KEYS, (context, horizon, epochs, max_time, batch_size, seed, device), strict=True)
     )
-    options.update(
-        {"data.memory_limit": memory_limit, "train.precision": precision, "optim.lr": lr}
-    )
+    options |= {"data.memory_limit": memory_limit, "train.precision": precision, "optim.lr": lr}
     base = _resumed_config(run_dir) if resume else None
     cfg = resolve_config(config_file, sets, options, base=base)
     if width is not None:

@@ -1,5 +1,6 @@
 """The model run of a rollout: context frames in, leads out (physical units), every lead passed
-through the plan's lead rule before it is fed back; and the lead rules themselves (torch side)."""
+through the plan's lead rule before it is fed back; and the lead rules themselves (torch side).
+The loop stays in the normalised (and transformed) space; only the stored leads are inverted."""
 
 from __future__ import annotations
 
@@ -62,6 +63,23 @@ def forecast(
             pred, state = model.step(pred, state, static=st)
             pred = out[:, i] = adjust(i, pred)
         return normalizer.denormalize(out).float().cpu().numpy()
+
+
+# the store attribute that says which channels the model ran in a transformed space (JSON)
+TRANSFORM_ATTR = "minconv_transform"
+
+
+def transform_attrs(loads: list[Any]) -> dict:
+    """{TRANSFORM_ATTR: JSON {channel: spec}} when a loaded checkpoint's normaliser has
+    transforms (a JSON list of those, one per checkpoint, when checkpoints differ); else {}.
+    The stored values are always inverted back to the variable's own units."""
+    import json
+
+    specs = [Normalizer.from_dict(each.meta.data.normalizer).transform_specs() for each in loads]
+    if not any(specs):
+        return {}
+    same = all(s == specs[0] for s in specs)
+    return {TRANSFORM_ATTR: json.dumps(specs[0] if same else specs)}
 
 
 def residual_count(context: int) -> int:

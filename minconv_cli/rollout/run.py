@@ -22,7 +22,7 @@ from minconv_cli.data import Fields, Normalizer, split_fields
 from minconv_cli.data.remote import as_source, is_url, local_path
 from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.models.checkpoint import GridOrder, LoadedCheckpoint
-from minconv_cli.rollout.forecast_loop import forecast
+from minconv_cli.rollout.forecast_loop import forecast, transform_attrs
 from minconv_cli.rollout.init_times import select_init_times, time_labels
 from minconv_cli.rollout.plan import ForecastPlan, Key, Row, make_plan
 from minconv_cli.rollout.store import (
@@ -35,6 +35,7 @@ from minconv_cli.rollout.store import (
     store_template,
     stored_precision,
 )
+from minconv_cli.training.memory_check import StepMemory, plan_batch, step_room
 
 
 @dataclass
@@ -51,6 +52,8 @@ class RolloutResult:
     seconds: float
     timings: dict  # seconds spent reading frames, in the model, and writing the store
     members: int | None = None  # ensemble size (None: a deterministic store)
+    memory: dict | None = None  # the step-memory estimate behind the batch size
+    memory_note: str | None = None  # said when the batch was shrunk to fit
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -134,6 +137,7 @@ def rollout(
     recentre: bool = False,
     allow_missing_chunks: bool = False,
     plan: ForecastPlan | None = None,
+    step_memory: int | None = None,
 ) -> RolloutResult:
     """Forecast `steps` leads from every (init time, sample) of DATA into the Zarr store `out`.
 
@@ -153,12 +157,10 @@ def rollout(
     out, data = local_path(out, "--out"), [as_source(p) for p in data]
     with output_lock(out, command):  # one writer per store
         recover(out)  # what a killed run left beside it
-        if plan is None:
-            ensemble = (members, perturbation, perturbation_smoothing, seed, step_noise, recentre)
-            plan = make_plan(len(paths), *ensemble)
+        ensemble = (members, perturbation, perturbation_smoothing, seed, step_noise, recentre)
+        plan = plan or make_plan(len(paths), *ensemble)
         _check_request(steps, batch_size, zarr_format, mode, out, data)
-        dev = resolve_device(device)
-        keep_freed_memory()
+        dev = _device(device)
         precision = _precision(precision, mode, out, dev)
         loads = _load_checkpoints(paths, dev)
         context = _context(loads, context, plan)
@@ -166,10 +168,39 @@ def rollout(
         settings, attrs = _store_settings(
             job, data, paths, plan, subset, precision, command, loads[0].meta.model.name
         )
-        run = _Run(job, plan, batch_size, dev, precision, progress)
-        run.open_store(out, mode, settings, attrs, zarr_format)
+        memory = rollout_batch(loads[0], batch_size, job, (precision, dev), step_memory)
+        run = _Run(job, plan, memory.batch, dev, precision, progress)
+        run.open_store(out, mode, settings, attrs | transform_attrs(loads), zarr_format)
         run.forecast(loads)
-        return run.complete(out, started)
+        return run.complete(out, started, memory)
+
+
+def _device(device: str) -> Any:
+    """The torch device `device` resolves to, with freed memory kept in the heap (allocator)."""
+    dev = resolve_device(device)
+    keep_freed_memory()
+    return dev
+
+
+def rollout_batch(
+    load: LoadedCheckpoint, batch_size: int, job: Job, run_on: tuple[str, Any], room: int | None
+) -> StepMemory:
+    """The batch of sequences whose no-grad whole-grid step fits in `room` bytes (`rollout`'s
+    `step_memory`; None: the available memory): `batch_size`, halved until it fits (with a
+    note), or a one-line error before anything is written when one sequence does not fit."""
+    precision, dev = run_on  # the precision and the device it runs on
+    limit = step_room(None, 0, dev) if room is None else (int(room), "step_memory")
+    return plan_batch(
+        load.model.hparams,
+        batch_size,
+        max(1, job.context),
+        tuple(job.fields.grid_shape),
+        precision,
+        limit,
+        what="rollout step",
+        offer="use a machine with more memory (this grid does not fit one sequence)",
+        training=False,
+    )
 
 
 def _as_list(checkpoint: str | Path | Sequence[str | Path]) -> list[str | Path]:
@@ -355,7 +386,7 @@ class _Run:
         if self.progress:
             self.progress(self.finished, len(self.todo))
 
-    def complete(self, out: Path, started: float) -> RolloutResult:
+    def complete(self, out: Path, started: float, memory: StepMemory) -> RolloutResult:
         """The store moved into place, and what was written."""
         finish(self.target, out)
         fields = self.job.fields
@@ -370,6 +401,8 @@ class _Run:
             skipped=len(self.todo) - len(self.pending),
             seconds=round(time.perf_counter() - started, 3),
             timings={k: round(v, 4) for k, v in self.clock.items()},
+            memory=memory.summary(),
+            memory_note=memory.note,
         )
 
 

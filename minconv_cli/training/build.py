@@ -11,19 +11,32 @@ import torch
 from minconv_cli.core.errors import MinconvError
 from minconv_cli.models import count_parameters, create_model, fit_widths, grid_norm_parameters
 from minconv_cli.training.config import Config
+from minconv_cli.training.crop import check_fits, crop_model_options, crop_shape
 from minconv_cli.training.data import TrainingData
 
 
 def build_model(config: Config, data: TrainingData) -> torch.nn.Module:
-    """The configured model for this data (width from the parameter budget when one is given)."""
+    """The configured model for this data (width from the parameter budget when one is given).
+    With `train.crop` it has no grid (it runs on any), so it trains on crops and rolls out whole."""
     m = config.model
     fields = data.fields
     n_static = len(fields.static_channels)
+    padding = fields.default_padding if m.padding == "auto" else m.padding
+    grid: list[int] | None = list(fields.grid_shape)
+    extra = {}
+    shape = crop_shape(config.train.crop)
+    if shape is not None:
+        check_fits(shape, fields.grid_shape, fields.path_label)
+        norm, padding, _ = crop_model_options(
+            m.norm, m.padding, fields.default_padding, m.peepholes
+        )
+        grid, extra = None, {"norm": norm}
     spec = m.to_spec(
         in_channels=len(fields.channels) + n_static,
         static_channels=n_static,
-        grid=list(fields.grid_shape),
-        padding=fields.default_padding if m.padding == "auto" else m.padding,
+        grid=grid,
+        padding=padding,
+        **extra,
     )
     try:
         if m.params is not None:  # the paper's uniform width where it lands within 3%
@@ -35,7 +48,7 @@ def build_model(config: Config, data: TrainingData) -> torch.nn.Module:
 
 def norm_note(requested: str, model: torch.nn.Module) -> str | None:
     """What `norm: auto` chose for this model and why (None when the norm was given)."""
-    if requested != "auto":
+    if requested != "auto" or model.grid is None:
         return None
     kind, (h, w) = model.hparams["norm"], model.grid
     cost = grid_norm_parameters(model.grid, len(model.widths))

@@ -46,6 +46,7 @@ class DataConfig:
     )
     allow_missing_chunks: bool = False  # read Zarr chunks that are not stored as NaN
     allow_overlap: bool = False  # let the validation period share frames with the training one
+    transforms: dict[str, str] | None = None  # {variable: dbr | log1p | none}, see data/transforms
 
 
 class _ModelSection:
@@ -115,6 +116,10 @@ class TrainConfig:
     precision: str = _choice("auto", PRECISIONS)  # auto: bf16 where the hardware has it
     compile: bool = False  # torch.compile (CUDA only)
     num_workers: int = 0  # DataLoader worker processes
+    crop: list[int] | None = None  # [N] or [H, W]: train on random crops (training/crop.py)
+    crop_dry_keep: float = 1.0  # chance of keeping a crop with no target cell above the threshold
+    crop_wet_threshold: float = 0.1  # data units: a crop is wet where a target cell exceeds it
+    step_memory: str | int | None = None  # memory a step may use; None: available less the data
 
 
 @dataclass
@@ -361,6 +366,12 @@ def validate(config: Config, source: str = "config") -> Config:
         config.data.static or [],
         f"{source}: data.variables and data.static",
     )
+    from minconv_cli.data.transforms import parse_table
+
+    parse_table(config.data.transforms, f"{source}: data.transforms")
+    from minconv_cli.training.crop_keys import check_train_options
+
+    check_train_options(config.train, source)
     if config.data.memory_limit is not None:
         from minconv_cli.data.memory import parse_size
 

@@ -9,6 +9,7 @@ from minconv_cli.data import Fields, Normalizer, WindowDataset, open_fields, spl
 from minconv_cli.data.memory import memory_budget
 from minconv_cli.data.open import float32_bytes
 from minconv_cli.data.splits import describe_positions, split_overlap
+from minconv_cli.data.transforms import parse_table
 from minconv_cli.training.config import Config
 
 
@@ -82,7 +83,7 @@ def prepare_data(config: Config) -> TrainingData:
     if not d.allow_overlap:
         check_disjoint(fields, train_spec, val_spec)
     train, val = split_fields(fields, train_spec), split_fields(fields, val_spec)
-    normalizer = Normalizer.fit(train)
+    normalizer = Normalizer.fit(train, parse_table(d.transforms, "data.transforms"))
     length = t.context + t.horizon + 1
     train_windows = WindowDataset(train, length, normalizer, stride=d.stride)
     val_windows = WindowDataset(val, length, normalizer, stride=d.val_stride)

@@ -28,8 +28,10 @@ from minconv_cli.models.checkpoint import save_checkpoint
 from minconv_cli.training.budget import Budget, spread
 from minconv_cli.training.build import build_model, build_optimizer, build_scheduler, norm_note
 from minconv_cli.training.config import Config
+from minconv_cli.training.crop import make_cropper
 from minconv_cli.training.data import prepare_data
 from minconv_cli.training.distributed import Dist, all_reduce_sum, setup, teardown
+from minconv_cli.training.memory_check import plan_training_step
 from minconv_cli.training.position import Position, generator, horizon_at, stop_on_signals
 from minconv_cli.training.resume import restore, run_meta, save_last
 from minconv_cli.training.run_dir import RunDir
@@ -85,7 +87,13 @@ class Run:
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data).to(device)
         self.model.precision = self.precision
-        if info.is_main:  # data and model are good: only now is an old run replaced
+        self.cropper, self.crop_note = make_cropper(config, self.data)
+        self.memory_plan = plan_training_step(
+            config, self.data, self.model.hparams, self.precision, device
+        )
+        self.memory_plan.batch = self._agreed_batch(self.memory_plan.batch)
+        config.train.batch_size = self.memory_plan.batch
+        if info.is_main:  # data, model and memory are good: only now is an old run replaced
             self.run_dir.prepare(resume=resume, overwrite=overwrite)
         self._settle_norm()
         self.parameters = count_parameters(self.model)
@@ -108,13 +116,26 @@ class Run:
         )
         if self.reporter:  # once the run is known to be valid (errors stay one line)
             self.reporter.note(self._data_note())
+            for note in (self.crop_note, self.memory_plan.note):
+                if note:
+                    self.reporter.note(note)
         self.net = self._wrapped()
+
+    def _agreed_batch(self, batch: int) -> int:
+        """The smallest batch that fits on any rank (every rank must take as many steps)."""
+        if not self.info.enabled:
+            return batch
+        each = torch.zeros(self.info.world, dtype=torch.float64)
+        each[self.info.rank] = batch
+        return int(all_reduce_sum(each, self.info).min().item())
 
     def _settle_norm(self) -> None:
         """Record what `norm: auto` chose (in config.yaml and the checkpoints) and say why."""
         self.hparams = self.model.hparams
         self.norm_note = norm_note(self.config.model.norm, self.model)
         self.config.model.norm = self.hparams["norm"]
+        if self.cropper is not None:  # what the crop resolved `auto` padding to
+            self.config.model.padding = self.hparams["padding"]
         if self.reporter and self.hparams["norm"] != "layer" and self.norm_note:
             self.reporter.note(self.norm_note)
 
@@ -188,6 +209,11 @@ class Run:
             persistent_workers=False,
         )
 
+    def _validation_batches(self, loader: DataLoader) -> Any:
+        """The validation batches within the time budget, cut to their fixed crops if cropping."""
+        batches = self.budget.limit(loader)
+        return batches if self.cropper is None else map(self.cropper.validation, batches)
+
     def validation(self) -> Validation:
         """All validation windows, or (when the time budget is short) an evenly spread subset of
         them, the same on every rank; `Validation.windows` says how many were validated."""
@@ -207,7 +233,7 @@ class Run:
         try:
             return validate(
                 self.model,
-                self.budget.limit(loader),
+                self._validation_batches(loader),
                 t.context,
                 t.horizon,
                 self.data.normalizer,
@@ -216,6 +242,14 @@ class Run:
             )
         finally:
             self.model.train()
+
+    def _prepared(self, batch: dict) -> tuple[dict, torch.Generator | None]:
+        """This step's batch (cut to its crops with `train.crop`) and its input-noise stream."""
+        t, step = self.config.train, self.pos.global_step
+        if self.cropper is not None:
+            batch = self.cropper.train(batch, step, self.info.rank, t.context)
+        noisy = t.noise > 0 or t.ensemble_members > 1
+        return batch, generator(t.seed, step, self.info.rank) if noisy else None
 
     def _sync(self, loss: float, signalled: bool, over_time: bool) -> tuple[float, bool, bool]:
         """Mean loss over ranks, and whether any rank got a signal or ran out of time (one
@@ -242,8 +276,7 @@ class Run:
                 self.reporter.epoch(p.epoch, self.steps_per_epoch, p.step)
             tick = time.monotonic()
             for batch in self.epoch_batches(p.epoch, p.step):
-                noisy = t.noise > 0 or t.ensemble_members > 1
-                noise = generator(t.seed, p.global_step, self.info.rank) if noisy else None
+                batch, noise = self._prepared(batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = training_loss(self.net, batch, t.context, horizon, t, self.device, noise)
                 value = float(loss.detach())
@@ -365,6 +398,10 @@ def _train(run: Run) -> TrainResult:
         if run.reporter:
             run.reporter.end()
     summary = run_summary(run, status)
+    summary["crop"] = list(run.cropper.shape) if run.cropper else None
+    summary["crop_note"] = run.crop_note
+    summary["dry_crops_redrawn"] = run.cropper.redrawn if run.cropper else None
+    summary["step_memory"] = run.memory_plan.summary()
     if run.info.is_main:
         if status != "interrupted" and not run.run_dir.model.exists():
             last = run.pos.history[-1] if run.pos.history else {}
