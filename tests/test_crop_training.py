@@ -94,7 +94,7 @@ def test_dry_crops_are_redrawn_when_keep_is_zero():
 
 
 def test_whole_grid_norm_and_periodic_padding_are_switched_or_refused():
-    assert crop_model_options("auto", "auto", "circular", False)[:2] == ("instance", "zeros")
+    assert crop_model_options("auto", "auto", "circular", False)[:2] == ("none", "zeros")
     assert crop_model_options("group", "zeros", "circular", False)[:2] == ("group", "zeros")
     for norm, padding, peep in (("layer", "auto", False), ("auto", "cylinder", False)):
         with pytest.raises(MinconvError):
@@ -108,10 +108,10 @@ def test_train_on_crops_then_rollout_forecasts_the_whole_grid(radar, tmp_path):
     result = runner.invoke(app, ["train", str(radar), *TINY, "--crop", "8", "--out", str(run)])
     assert result.exit_code == 0, result.output
     said = " ".join(result.stderr.split())
-    assert said.count("crop: norm auto -> instance") == 1
+    assert said.count("crop: norm auto -> none") == 1
     assert "padding circular -> zeros" in said and "random 8x8 crops of the 24x20 grid" in said
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["norm"] == "instance" and config["model"]["padding"] == "zeros"
+    assert config["model"]["norm"] == "none" and config["model"]["padding"] == "zeros"
     assert config["train"]["crop"] == [8]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["crop"] == [8, 8] and summary["step_memory"]["grid"] == [8, 8]

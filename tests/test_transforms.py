@@ -286,3 +286,30 @@ def test_the_config_key_names_an_unknown_variable_and_the_file_ones(tmp_path):
     assert result.exit_code != 0
     assert "data.transforms: 'rainrate' is not in the data" in result.output
     assert "(rain_rate)" in result.output and not (tmp_path / "run").exists()
+
+
+def test_an_ensemble_is_perturbed_in_the_transformed_space_where_its_std_was_fitted(tmp_path):
+    rain_dataset().to_netcdf(tmp_path / "r.nc")
+    fields = open_fields(tmp_path / "r.nc")
+    norm = Normalizer.fit(fields, {"rain_rate": parse_spec("dbr", "x")})
+    frames = fields.array()[:4][None]  # (1, T, C, H, W) mm/h
+    shift = float(norm.std[0])  # one std of dBR added: a factor 10**(std/10) on wet cells
+    moved = norm.in_model_space(frames, lambda f: f + shift)
+    wet = frames >= 0.1
+    np.testing.assert_allclose(moved[wet], frames[wet] * 10 ** (shift / 10), rtol=1e-5)
+    assert np.array_equal(np.isnan(moved), np.isnan(frames))
+    assert np.all(moved[np.isfinite(moved)] >= 0)  # never negative rain
+    plain = Normalizer.fit(fields)
+    np.testing.assert_array_equal(plain.in_model_space(frames, lambda f: f + 1.0), frames + 1.0)
+
+
+def test_an_ensemble_rollout_of_a_dbr_model_keeps_every_member_non_negative(trained, tmp_path):
+    store = tmp_path / "ens.zarr"
+    result = invoke(
+        "rollout", str(trained["model"]), trained["data"], "--steps", "2", "--members", "3",
+        "--perturbation", "0.5", "--init-times", "2024-06-01T16:00", "--out", str(store),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    fc = xr.open_zarr(store)["rain_rate"].isel(time=0).values  # (member, lead, y, x)
+    assert np.all(fc[np.isfinite(fc)] >= 0)
+    assert np.abs(fc[1] - fc[0])[np.isfinite(fc[0])].max() > 0  # the perturbed member differs

@@ -55,7 +55,7 @@ References = Annotated[
     typer.Option(
         "--references",
         help="Reference forecasts from the truth: persistence, climatology, extrapolation "
-        "(optical flow, needs the nowcast extra: pip install -e '.[nowcast]'), or '' for none.",
+        "(optical flow, needs the nowcast extra: pip install -e '.\\[nowcast]'), or '' for none.",
     ),
 ]
 ClimatologyFile = Annotated[
@@ -100,6 +100,30 @@ Maps = Annotated[
         "(OUT/error_maps.nc and OUT/error_maps.png).",
     ),
 ]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Run on the dask.distributed scheduler at this address (e.g. tcp://host:8786; its "
+        "workers must reach the files). Needs the cluster extra: pip install -e '.\\[cluster]'.",
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="Run on a dask.distributed LocalCluster of N worker processes, one thread each "
+        "(needs the cluster extra).",
+    ),
+]
+MemoryLimit = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-limit",
+        help="Memory for scoring, e.g. 2GB: large forecasts are read in blocks so that the peak "
+        "stays under it (with --workers: the workers' total, at least 512MB each).",
+    ),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the score records on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
 
@@ -120,6 +144,9 @@ def evaluate(
     overwrite: Overwrite = False,
     allow_missing_chunks: AllowMissingChunks = False,
     maps: Maps = False,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    memory_limit: MemoryLimit = None,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
@@ -128,19 +155,21 @@ def evaluate(
     from minconv_cli.core.files import output_lock, recover
     from minconv_cli.data.remote import as_source, local_path
     from minconv_cli.evaluate import check_outputs, default_out_dir, write_reports
-    from minconv_cli.evaluate import evaluate as run_evaluate
+    from minconv_cli.evaluate.cluster import check_options, dask_engine
     from minconv_cli.evaluate.options import metric_options
     from minconv_cli.maps.error_maps import draw_error_maps
 
     metric_options(metrics, thresholds, fss_scales)  # a bad option: refused before anything
+    limit = check_options(scheduler, workers, memory_limit)
     source = as_source(forecast)
     out_dir = local_path(out, "--out") if out else default_out_dir(source)
     plot_path = local_path(plot, "--plot") if plot else None
     with output_lock(out_dir, "minconv evaluate"):  # one writer per score folder
         recover(out_dir)  # what a killed run left beside it
         check_outputs(out_dir, plot_path, overwrite)
-        with progress_bar("scoring", quiet) as report:
-            scores = run_evaluate(
+        bar = progress_bar("scoring", quiet)
+        with dask_engine(scheduler, workers, limit) as engine, bar as report:
+            scores = engine.evaluate(
                 source,
                 [as_source(p) for p in truth],
                 compare=compare,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,14 @@ class Normalizer:
         channel's inverse transform."""
         mean, std = _shaped(x, self.mean), _shaped(x, self.std)
         return apply_per_channel(x * std + mean, self.transforms, inverse=True)
+
+    def in_model_space(self, frames: np.ndarray, change: Callable[[np.ndarray], np.ndarray]):
+        """`change` (e.g. an ensemble's perturbation of x std) applied to physical `frames` where
+        the statistics were fitted: after each channel's transform, inverted after."""
+        if not self.transform_specs():
+            return change(frames)
+        moved = change(apply_per_channel(frames, self.transforms))
+        return apply_per_channel(moved, self.transforms, inverse=True)
 
     def transform_specs(self) -> dict[str, str]:
         """{channel: spec} of the channels with a transform (empty when none has one)."""

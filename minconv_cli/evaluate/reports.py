@@ -1,5 +1,5 @@
 """The report files: scores.json, scores.csv, scores.nc, the cases scored (overlap.json,
-overlap.csv) and the PNGs, written atomically."""
+overlap.csv), the run summary (run.json) and the PNGs, written atomically."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from minconv_cli.evaluate.metrics import RANK_DIM, RANK_HISTOGRAM
 from minconv_cli.evaluate.plots import plot_rank_histograms, plot_scores
 from minconv_cli.evaluate.scoring import Scores
 
-OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc", "overlap.json", "overlap.csv")
+# run.json: where and how fast it ran (seconds, forecast bytes and frames per second, workers)
+OUTPUT_FILES = ("scores.json", "scores.csv", "scores.nc", "overlap.json", "overlap.csv", "run.json")
 PLOT_FILE = "scores.png"
 RANK_PLOT_FILE = "rank_histogram.png"  # ensembles only
 MAP_FILES = (ERROR_MAPS_FILE, ERROR_MAPS_PNG)  # --maps only
@@ -38,8 +39,8 @@ def default_out_dir(forecast: str | Path) -> Path:
 
 
 def output_paths(out_dir: Path, plot: Path | None) -> list[Path]:
-    """The files a report writes: scores.json, scores.csv, scores.nc, overlap.json, overlap.csv
-    and the PNG."""
+    """The files a report writes: scores.json, scores.csv, scores.nc, overlap.json, overlap.csv,
+    run.json and the PNG."""
     return [out_dir / f for f in OUTPUT_FILES] + [plot or out_dir / PLOT_FILE]
 
 
@@ -179,10 +180,11 @@ def write_reports(
             _table_dataset(scores).to_netcdf(staged[2], engine="netcdf4")
             staged[3].write_text(json.dumps(scores.overlap, indent=1) + "\n")
             staged[4].write_text(_overlap_csv(scores.overlap))
-            plot_scores(scores, staged[5])
+            staged[5].write_text(json.dumps(scores.run, indent=1) + "\n")
+            plot_scores(scores, staged[6])
             if scores.rank_histograms:
                 leads = [format_lead(x) for x in scores.table["lead"].values]
-                plot_rank_histograms(scores.rank_histograms, staged[6], leads)
+                plot_rank_histograms(scores.rank_histograms, staged[7], leads)
             if maps is not None:
                 at = targets.index(out_dir / ERROR_MAPS_FILE)
                 maps.to_netcdf(staged[at], engine="netcdf4")

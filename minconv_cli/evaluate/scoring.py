@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -47,6 +48,15 @@ from minconv_cli.rollout.store import INIT_DIM, LEAD_DIM, MEMBER_DIM, ForecastSt
 
 REFERENCES = ("persistence", "climatology", "extrapolation")  # extrapolation: the nowcast extra
 DEFAULT_REFERENCES = ("persistence", "climatology")
+# runs the one reduction pass: (lazy objects, progress) -> their values (evaluate/cluster.py)
+Compute = Callable[[Sequence[Any], Progress | None], tuple]
+
+
+def compute_here(objs: Sequence[Any], progress: Progress | None) -> tuple:
+    """`dask.compute` on the current scheduler (in this process, or a current `Client`),
+    reporting finished tasks of the local schedulers to `progress`."""
+    with dask_progress(progress, every=50):
+        return dask.compute(*objs)
 
 
 @dataclass
@@ -67,6 +77,8 @@ class Scores:
     rank_histograms: dict = field(default_factory=dict)
     # `--maps`: RMSE and bias per grid cell and lead of every forecast (error_maps.error_map_dataset)
     error_maps: xr.Dataset | None = None
+    # what was read and how fast (OUT/run.json): forecast bytes and frames, plus the command's timing
+    run: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"records": self.records, "overlap": self.overlap, "notes": self.notes}
@@ -150,11 +162,14 @@ def evaluate(
     thresholds: Listed = None,
     fss_scales: Listed = None,
     maps: bool = False,
+    compute: Compute | None = None,
+    truth_memory: int | None = None,
 ) -> Scores:
     """Score FORECAST (and the `--compare` forecasts) against TRUTH with the reference forecasts;
     `metrics_` names rows of the metric table (default: every one `--metrics` accepts);
     `thresholds` (event: value >= threshold) and `fss_scales` (window sizes) add event scores;
-    `maps` adds the error maps (RMSE and bias per grid cell and lead) of every forecast."""
+    `maps` adds the error maps (RMSE and bias per grid cell and lead) of every forecast.
+    `compute` runs the reduction pass (default `compute_here`); `truth_memory`: the truth's budget."""
     wanted, refs, events = _options(
         metrics_, references, climatology, climatology_period, thresholds, fss_scales
     )
@@ -163,15 +178,11 @@ def evaluate(
     check_scales(events, (main.ds.sizes[main.y_dim], main.ds.sizes[main.x_dim]), str(main.path))
     for s in stores:
         verify_done_chunks(s, allow_missing_chunks)
-    fields = open_fields(truth, variables=main.variables, allow_missing_chunks=allow_missing_chunks)
-    use_clim = "climatology" in refs or any(METRICS[m].needs_climatology for m in wanted)
-    clim_file = (
-        climatology_from_file(
-            as_source(climatology), main.variables, fields.time_is_datetime, allow_missing_chunks
-        )
-        if use_clim and climatology is not None
-        else None
+    fields = open_fields(
+        truth, main.variables, memory_limit=truth_memory, allow_missing_chunks=allow_missing_chunks
     )
+    use_clim = "climatology" in refs or any(METRICS[m].needs_climatology for m in wanted)
+    clim_file = _clim_file(climatology if use_clim else None, main, fields, allow_missing_chunks)
     notes: list[str] = []
     others = [(fields.path_label, fields.ds)]
     if clim_file is not None:
@@ -185,7 +196,7 @@ def evaluate(
     cases = common_cases(aligned, _references(first, clim_at, refs), clim_at)
     case_dims = (INIT_DIM, *main.sample_dims)
     sums = lazy_error_sums(cases.forecast, cases.truth, case_dims) if maps else {}
-    results, sums = _reduce(aligned, cases, clim_at, wanted, progress, events, sums)
+    results, sums = _reduce(aligned, cases, clim_at, wanted, progress, events, sums, compute)
     if not any(a.overlap["cases"] for a in aligned):
         raise MinconvError(_nothing_scored(aligned, fields))
     used_refs = list(dict.fromkeys(ref for ref, _ in cases.references))
@@ -198,6 +209,16 @@ def evaluate(
     return scores
 
 
+def _clim_file(
+    climatology: str | Path | None, main: ForecastStore, fields: Fields, allow_missing: bool
+) -> Climatology | None:
+    """The `--climatology` file when one is given and used, else None."""
+    if climatology is None:
+        return None
+    source = as_source(climatology)
+    return climatology_from_file(source, main.variables, fields.time_is_datetime, allow_missing)
+
+
 def _reduce(
     aligned: list[Aligned],
     cases: CaseSet,
@@ -206,10 +227,11 @@ def _reduce(
     progress: Progress | None,
     events: Events | None = None,
     along: dict | None = None,
+    compute: Compute | None = None,
 ) -> tuple[dict[tuple[str, str], xr.Dataset], dict]:
-    """Every (forecast or reference, variable)'s reductions in one dask pass, then the derived
-    rows; the overlap counts go into each forecast's overlap record. `along` (lazy objects, e.g.
-    the error-map sums) is computed in the same pass and returned beside."""
+    """Every (forecast or reference, variable)'s reductions in one dask pass (`compute`), then the
+    derived rows; the overlap counts go into each forecast's overlap record. `along` (lazy objects,
+    e.g. the error-map sums) is computed in the same pass and returned beside."""
     main = aligned[0].store
     lazy = {
         (a.store.name, v): _lazy_scores(
@@ -227,10 +249,10 @@ def _reduce(
         c = clim_at[v] if clim_at is not None else None
         lazy[(ref, v)] = _lazy_scores(ref_fc, cases.truth[v], c, main, wanted, events)
     keys = list(lazy)
-    with dask_progress(progress, every=50), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
-        *computed, counts, along = dask.compute(
-            *[xr.Dataset(lazy[k]) for k in keys], cases.counts, along or {}
+        *computed, counts, along = (compute or compute_here)(
+            [*(xr.Dataset(lazy[k]) for k in keys), cases.counts, along or {}], progress
         )
     for a in aligned:
         a.overlap.update(overlap_counts(a, counts[a.store.name]))
@@ -377,4 +399,17 @@ def _assemble(
         truth=fields.path_label,
         meta={s.name: str(s.path) for s in stores},
         rank_histograms=rank_hists,
+        run=_volume(aligned),
     )
+
+
+def _volume(aligned: list[Aligned]) -> dict:
+    """How much forecast was scored: bytes (as read, before any mask) and 2-D frames, and whether
+    it was scored lazily in blocks of init times (dask) or loaded into memory."""
+    arrays = [a.forecast[v] for a in aligned for v in a.forecast]
+    y, x = aligned[0].store.y_dim, aligned[0].store.x_dim
+    return {
+        "forecast_bytes": int(sum(da.nbytes for da in arrays)),
+        "frames": int(sum(da.size // max(1, da.sizes[y] * da.sizes[x]) for da in arrays)),
+        "lazy": any(da.chunks is not None for da in arrays),
+    }

@@ -371,7 +371,11 @@ class _Run:
         job, plan, clock = self.job, self.plan, self.clock
         t0 = time.perf_counter()
         keys = job.keys(batch)
-        frames = plan.initial(job.context_frames(batch), keys, normalizer.std)
+        frames = job.context_frames(batch)
+        if plan.members is not None:  # perturbed where the std was fitted (dBR with a transform)
+            frames = normalizer.in_model_space(
+                frames, lambda f: plan.initial(f, keys, normalizer.std)
+            )
         leads = plan.leads(keys, job.steps, job.context)
         t1 = time.perf_counter()
         values = forecast(model, normalizer, frames, static, job.steps, self.dev, leads)

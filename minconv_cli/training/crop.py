@@ -34,8 +34,9 @@ def check_fits(shape: tuple[int, int] | None, grid: tuple[int, int], label: str)
 def crop_model_options(
     norm: str, padding: str, default_padding: str, peepholes: bool
 ) -> tuple[str, str, str]:
-    """(norm, padding, note) for training on crops: `auto` norm resolves without per-cell
-    parameters (instance) and periodic default padding becomes zeros; explicit choices that
+    """(norm, padding, note) for training on crops: `auto` norm resolves to none, the one norm
+    that is the same function on a crop and on the whole grid (instance and group normalise with
+    the crop's statistics), and periodic default padding becomes zeros; explicit choices that
     need the whole grid are a one-line error."""
     if norm == "layer":
         raise MinconvError(
@@ -53,8 +54,8 @@ def crop_model_options(
         )
     changes = []
     if norm == "auto":
-        norm = "instance"
-        changes.append("norm auto -> instance (no per-cell parameters)")
+        norm = "none"
+        changes.append("norm auto -> none (the same on a crop and on the whole grid)")
     if padding == "auto":
         if default_padding != "zeros":
             changes.append(f"padding {default_padding} -> zeros (a crop is not periodic)")

@@ -12,18 +12,8 @@ from minconv_cli.data.memory import available_memory, parse_size
 from minconv_cli.models.memory import format_bytes, step_bytes
 from minconv_cli.training.crop_keys import crop_shape
 
-CROP_SIZES = (
-    512,
-    384,
-    256,
-    192,
-    128,
-    96,
-    64,
-    48,
-    32,
-    16,
-)  # offered when a whole frame is too large
+# offered when a whole frame is too large
+CROP_SIZES = (512, 384, 256, 192, 128, 96, 64, 48, 32, 16)
 
 
 @dataclass
