@@ -118,6 +118,16 @@ AllowMissingChunks = Annotated[
         help="Read Zarr chunks of DATA that are not stored as NaN instead of refusing the store.",
     ),
 ]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="I/N: write task I's share (from 0) of N of the rows into the one store, for job "
+        "arrays whose tasks cannot talk (e.g. --shard $SLURM_ARRAY_TASK_ID/4). The first task "
+        "creates the store, the last to end finishes it; the store equals a one-process run's. "
+        "Under torchrun the ranks share the rows without this option.",
+    ),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
@@ -144,6 +154,7 @@ def rollout(
     recentre: Recentre = False,
     seed: Seed = 0,
     allow_missing_chunks: AllowMissingChunks = False,
+    shard: Shard = None,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
@@ -165,8 +176,9 @@ def rollout(
     ensemble.update(perturbation_smoothing=perturbation_smoothing, step_noise=step_noise)
     request = (checkpoint_paths, sources, steps, out_path)
     command = _command(*request, options, ensemble)
+    quiet, json_out = (quiet, json_out) if _prints() else (True, False)
     with progress_bar("rollout", quiet) as report:
-        run = dict(device=device, command=command, progress=report)
+        run = dict(device=device, command=command, progress=report, shard_spec=shard)
         result = run_rollout(*request, **run, **options, **ensemble)
     if result.memory_note and not quiet:
         console.print(result.memory_note, soft_wrap=True)
@@ -178,7 +190,28 @@ def rollout(
             + (f" x {result.members} member(s)" if result.members else "")
             + ", "
             f"{result.steps} steps, {', '.join(result.variables)} in {result.seconds:.1f} s"
+            + _shard_note(result)
         )
+
+
+def _prints() -> bool:
+    """Whether this process reports (under torchrun, rank 0 only)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _shard_note(result) -> str:
+    if result.shard is None:
+        return ""
+    if result.complete:
+        return (
+            f" (shard {result.shard}: {result.written} sequence(s) written; the store is complete)"
+        )
+    return (
+        f" (shard {result.shard}: {result.written} sequence(s) written; the store is complete when "
+        "every shard has run)"
+    )
 
 
 def _command(

@@ -229,15 +229,26 @@ def _owner_alive(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def output_lock(out: Path, command: str = "") -> Iterator[None]:
+def output_lock(out: Path, command: str = "", shared: bool = False) -> Iterator[None]:
     """Hold the writer's lock of `out` (a file `.NAME.minconv-lock` beside it, `flock`ed): a second
-    writer is refused in one line naming the holder. The kernel drops the lock of a killed process,
-    so a lock file left by one is stale and taken over."""
+    writer is refused in one line naming the holder. `shared`: one of several cooperating writers
+    (rollout shards), which exclude a plain writer but not each other. The kernel drops the lock
+    of a killed process, so a lock file left by one is stale and taken over."""
     out = Path(out)
-    lock = sibling(out, _LOCK, unique=False)
+    with hold_lock(sibling(out, _LOCK, unique=False), out, command, shared=shared):
+        yield
+
+
+@contextlib.contextmanager
+def hold_lock(
+    lock: Path, out: Path, command: str = "", shared: bool = False, wait: bool = False
+) -> Iterator[None]:
+    """Hold the `flock` on the file `lock` for a write to `out`, recording who holds it; refused in
+    one line naming the holder when it is taken (`wait`: block until it is free instead). The last
+    holder removes the file."""
     with writing(lock):
         lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(lock, out)
+    fd = _acquire(lock, out, shared, wait)
     try:
         holder = {
             "pid": os.getpid(),
@@ -250,22 +261,42 @@ def output_lock(out: Path, command: str = "") -> Iterator[None]:
             os.pwrite(fd, json.dumps(holder).encode(), 0)
         yield
     finally:
+        _release(lock, fd, shared)
+
+
+def _release(lock: Path, fd: int, shared: bool) -> None:
+    """Drop the lock; its file goes with the last holder (a shared holder checks it is the last)."""
+    import fcntl
+
+    try:
+        if shared:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with contextlib.suppress(OSError):
             os.unlink(lock)
+    except BlockingIOError:
+        pass  # other shared holders remain
+    finally:
         os.close(fd)
 
 
-def _acquire(lock: Path, out: Path) -> int:
+def _acquire(lock: Path, out: Path, shared: bool = False, wait: bool = False) -> int:
     import fcntl
 
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    # a shared holder that is leaving holds the lock exclusively for a moment: retry for 1 s
+    tries = 20 if shared else 1
     while True:
         with writing(lock):
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode)
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
+            tries -= 1
+            if tries > 0:
+                time.sleep(0.05)
+                continue
             raise MinconvError(
                 f"{out}: another minconv command is writing it ({holder}); wait for it to end"
             ) from None

@@ -87,8 +87,9 @@ def store_template(
         {"long_name": "forecast written (minconv rollout bookkeeping)"},
     )
     data_vars = {}
-    # one flag chunk per init time: a batch sets its flags in one small (atomic) chunk write
-    encoding: dict[str, Any] = {DONE: {"chunks": (1, *sample_shape)}}
+    # one flag (and one chunk of each variable) per row: no two processes of a split rollout
+    # write one chunk, and each flag is written (atomically) after its row's data
+    encoding: dict[str, Any] = {DONE: {"chunks": (1,) * (1 + len(sample_shape))}}
     for var in fields.variables:
         dims = (INIT_DIM, LEAD_DIM, *fields.sample_dims)
         if level and level in ds[var].dims:
@@ -163,8 +164,9 @@ def create_store(template: xr.Dataset, encoding: dict, path: Path, zarr_format: 
         )
 
 
-def read_done(path: Path, settings: dict) -> np.ndarray:
-    """Done flags of an existing store, after checking it was made with the same settings."""
+def read_done(path: Path, settings: dict, action: str = "resume") -> np.ndarray:
+    """Done flags of an existing store, after checking it was made with the same settings
+    (`action`: what is refused otherwise, for the message)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. a foreign store without consolidated metadata
@@ -176,12 +178,12 @@ def read_done(path: Path, settings: dict) -> np.ndarray:
     except Exception as err:  # unreadable, or not made by minconv rollout
         reason = first_line(err)
         raise MinconvError(
-            f"{path}: cannot resume, not a minconv rollout store ({reason})"
+            f"{path}: cannot {action}, not a minconv rollout store ({reason})"
         ) from None
     changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
     if changed:
         raise MinconvError(
-            f"{path}: cannot resume, it was made with other settings ({', '.join(changed)} differ); "
+            f"{path}: cannot {action}, it was made with other settings ({', '.join(changed)} differ); "
             "use --overwrite to start again"
         )
     return np.asarray(existing[DONE].values, dtype=bool)
@@ -414,7 +416,7 @@ def add_member_dim(
     coords[done] = (flag_dims, np.zeros(flag_shape, dtype=bool), dict(flags.attrs))
     data_vars = {}
     encoding = dict(encoding)
-    encoding[done] = {"chunks": (1, n, *flag_shape[2:])}
+    encoding[done] = {"chunks": (1,) * len(flag_shape)}  # one flag per row
     for name, da in template.data_vars.items():
         dims = (da.dims[0], MEMBER_DIM, *da.dims[1:])
         shape = (da.shape[0], n, *da.shape[1:])
