@@ -211,3 +211,14 @@ def monthly_dataset(
         },
         attrs={"title": "minconv synthetic monthly SST test data"},
     )
+
+
+def hold_in_process(code: str, *args: str):
+    """A real Python process running `code` with `args` (it prints 'held' once it holds a lock,
+    then sleeps) until the caller kills it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc

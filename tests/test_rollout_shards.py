@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from factories import latlon_dataset, trajectory_dataset
+from factories import hold_in_process, latlon_dataset, trajectory_dataset
 from test_rollout import make_checkpoint, one_error_line
 from typer.testing import CliRunner
 
@@ -168,21 +168,9 @@ def test_a_killed_shard_is_rerun_with_resume(made, tmp_path, one_thread):
     out, clean = tmp_path / "fc.zarr", tmp_path / "clean.zarr"
     args = ["--steps", "30", "--batch-size", "1", "--init-times", "5/11"]
     assert rollout(ckpt, data, out, *args, "--shard", "0/2", "-q").exit_code == 0
+    cli = [sys.executable, "-m", "minconv_cli", "rollout", str(ckpt), str(data)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "minconv_cli",
-            "rollout",
-            str(ckpt),
-            str(data),
-            "--out",
-            str(out),
-            *args,
-            "--shard",
-            "1/2",
-            "-q",
-        ],
+        [*cli, "--out", str(out), *args, "--shard", "1/2", "-q"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -247,12 +235,8 @@ def holder():
     procs: list[subprocess.Popen] = []
 
     def hold(out: Path, shard: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLD, str(out), shard], stdout=subprocess.PIPE, text=True
-        )
-        assert proc.stdout.readline().strip() == "held"
-        procs.append(proc)
-        return proc
+        procs.append(hold_in_process(HOLD, str(out), shard))
+        return procs[-1]
 
     yield hold
     for proc in procs:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from factories import latlon_dataset
+from factories import hold_in_process, latlon_dataset
 from forkserver import ForkServer
 from test_rollout import make_checkpoint
 from typer.testing import CliRunner
@@ -196,12 +196,8 @@ def holder(tmp_path: Path) -> Iterator[callable]:
             "with output_lock(Path(sys.argv[1]), 'minconv rollout (the other one)'):\n"
             "    print('held', flush=True); time.sleep(600)\n"
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
-        )
-        assert proc.stdout.readline().strip() == "held"
-        procs.append(proc)
-        return proc
+        procs.append(hold_in_process(code, str(path)))
+        return procs[-1]
 
     yield hold
     for proc in procs:
