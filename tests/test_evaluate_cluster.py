@@ -192,7 +192,7 @@ def test_a_memory_limit_sets_what_is_loaded_and_the_threads_in_flight():
     one = cluster.in_process(limit_for(1.5))
     assert one.threads == 1 and one.memory_limit == limit_for(1.5)
     assert one.load_below == min(cluster.LOAD_BELOW_BYTES, limit_for(1.5) // cluster.LOAD_SHARE)
-    # open_fields loads the truth when IN_MEMORY_FACTOR copies fit: it does when it fits a quarter
+    # open_fields loads the truth when IN_MEMORY_FACTOR copies fit: it does when it fits its share
     assert one.truth_memory == cluster.IN_MEMORY_FACTOR * (limit_for(1.5) // cluster.TRUTH_SHARE)
     assert cluster.in_process(limit_for(64)).threads == cluster._cpus()
     unlimited = cluster.in_process(None)

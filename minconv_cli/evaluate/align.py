@@ -14,6 +14,7 @@ import xarray as xr
 from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import Fields, timeaxis
 from minconv_cli.evaluate.extrapolation import extrapolated, missing_note
+from minconv_cli.evaluate.gather import at_positions
 from minconv_cli.evaluate.labels import label, lead_span, span
 from minconv_cli.rollout.store import DONE, INIT_DIM, LEAD_DIM, MEMBER_DIM, VALID, ForecastStore
 
@@ -36,8 +37,11 @@ def _axis_indexer(target: np.ndarray, source: np.ndarray) -> np.ndarray:
     return index.get_indexer(target)
 
 
-def _match_axis(truth: xr.Dataset, dim: str, target: xr.DataArray, label: str) -> xr.Dataset:
-    """The truth along `dim` at the forecast's coordinates (any order), or an error naming the mismatch."""
+def _match_axis(
+    truth: xr.Dataset, dim: str, target: xr.DataArray, label: str, view: bool = False
+) -> xr.Dataset:
+    """The truth along `dim` at the forecast's coordinates (any order), or an error naming the
+    mismatch; with `view`, the truth itself (no copy) where the axes are the same."""
     if dim not in truth.dims:
         raise MinconvError(f"{label}: the truth has no {dim!r} dimension that the forecast has")
     tv = np.asarray(target.values)
@@ -49,6 +53,8 @@ def _match_axis(truth: xr.Dataset, dim: str, target: xr.DataArray, label: str) -
             f"forecast points are not in the truth (forecast {tv[0]}..{tv[-1]}, {len(tv)} points; "
             f"truth {sv[0]}..{sv[-1]}, {len(sv)} points)"
         )
+    if view and np.array_equal(pos, np.arange(truth.sizes[dim])):
+        return truth.assign_coords({dim: target})
     return truth.isel({dim: pos}).assign_coords({dim: target})
 
 
@@ -71,9 +77,10 @@ def roles_of(fields: Fields) -> dict[str, str | None]:
 
 
 def to_forecast_grid(
-    ds: xr.Dataset, roles: dict[str, str | None], store: ForecastStore, label: str
+    ds: xr.Dataset, roles: dict[str, str | None], store: ForecastStore, label: str, view=False
 ) -> xr.Dataset:
-    """`ds` renamed to the forecast's y/x/level names and selected at its coordinates (any order)."""
+    """`ds` renamed to the forecast's y/x/level names and selected at its coordinates (any order);
+    `view`: no copy of axes that are the same (the in-memory scores keep today's float sums)."""
     renames = {roles["y"]: store.y_dim, roles["x"]: store.x_dim}
     if roles.get("level") and store.level_dim:
         renames[roles["level"]] = store.level_dim
@@ -85,7 +92,7 @@ def to_forecast_grid(
             )
     for dim in (store.y_dim, store.x_dim, store.level_dim, *store.sample_dims):
         if dim is not None and dim in ds.dims:
-            ds = _match_axis(ds, dim, store.ds[dim], label)
+            ds = _match_axis(ds, dim, store.ds[dim], label, view)
     return ds
 
 
@@ -108,10 +115,10 @@ class Aligned:
     extrapolation: dict[str, xr.DataArray] | None = None  # like persistence, per lead
 
 
-def _block(da: xr.DataArray) -> int:
-    """Init times per dask chunk so one chunk holds about BLOCK_BYTES."""
+def _block(da: xr.DataArray, block_bytes: int = BLOCK_BYTES) -> int:
+    """Init times per dask chunk so one chunk holds about `block_bytes`."""
     per_init = da.nbytes / max(da.sizes[INIT_DIM], 1)
-    return max(1, int(BLOCK_BYTES // max(per_init, 1)))
+    return max(1, int(block_bytes // max(per_init, 1)))
 
 
 def like(da: xr.DataArray, template: xr.DataArray) -> xr.DataArray:
@@ -128,12 +135,11 @@ def align(
     with_persistence: bool,
     load_below: int = LOAD_BELOW_BYTES,
     with_extrapolation: bool = False,
+    block_bytes: int = BLOCK_BYTES,
 ) -> Aligned:
-    """Truth at the forecast's valid times, on the forecast's grid; only the overlap is kept.
-
-    A forecast under `load_below` bytes is read into memory; a larger one stays lazy (dask), in
-    blocks of init times, so that the scores are reduced block by block within bounded memory.
-    """
+    """Truth at the forecast's valid times, on the forecast's grid; only the overlap is kept. A
+    forecast under `load_below` bytes is read into memory; a larger one stays lazy (dask), in
+    blocks of `block_bytes` of init times, and the scores are reduced block by block."""
     ds = store.ds
     pair = f"{store.path} vs {truth.path_label}"
     init, lead, valid = _valid_times(store, truth, pair)
@@ -159,6 +165,7 @@ def align(
         pos=xr.DataArray(np.where(ok, valid_pos[np.ix_(rows, cols)], 0), **case),
         init_pos=init_pos[rows] if refs else None,
         lazy=sum(sub[v].nbytes for v in store.variables) >= load_below,
+        block_bytes=block_bytes,
         refs=tuple(refs),
     )
     forecast, truth_at, persistence, extrapolation = _gather(store, truth, pair, cases, notes)
@@ -394,13 +401,26 @@ class _Cases:
     pos: xr.DataArray
     init_pos: np.ndarray | None  # None: no reference from the init times
     lazy: bool
+    block_bytes: int  # the size of the lazy forecast's blocks of init times
     refs: tuple[str, ...] = ()  # the references from the init times: persistence, extrapolation
+
+
+def _blocks(fc: xr.DataArray, store: ForecastStore, block_bytes: int) -> xr.DataArray:
+    """The forecast in dask blocks of init times (about `block_bytes` each), whole along every
+    other dim (the store's own chunks of space would multiply the tasks), and along leads unless
+    one init time is larger than a block."""
+    per_lead = fc.nbytes / max(fc.sizes[INIT_DIM] * fc.sizes[LEAD_DIM], 1)
+    leads = fc.sizes[LEAD_DIM]
+    if per_lead * leads > block_bytes:
+        leads = max(1, int(block_bytes // max(per_lead, 1)))
+    whole = {d: -1 for d in fc.dims}
+    return fc.chunk({**whole, INIT_DIM: _block(fc, block_bytes), LEAD_DIM: leads})
 
 
 def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases, notes: list[str]):
     """Per variable: the forecast, the truth at its valid times and (if asked) persistence and
     extrapolation (computed in memory here)."""
-    tds = to_forecast_grid(truth.ds, roles_of(truth), store, pair).rename(
+    tds = to_forecast_grid(truth.ds, roles_of(truth), store, pair, cases.lazy).rename(
         {truth.time_dim: TRUTH_TIME}
     )
     sub = cases.sub
@@ -410,22 +430,13 @@ def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases, notes
         if cases.done is not None:
             fc = fc.where(cases.done)
         src = tds[v]
-        if cases.lazy:  # blocks of init times; the truth is gathered lazily, block by block
-            block = _block(fc)
-            fc = fc.chunk(
-                {INIT_DIM: block, LEAD_DIM: -1, **({MEMBER_DIM: -1} if store.members else {})}
-            )
-            src = src.chunk({TRUTH_TIME: block})
-        else:
-            fc = fc.load()
-        at = src.isel({TRUTH_TIME: cases.pos}).drop_vars(TRUTH_TIME, errors="ignore")
+        fc = _blocks(fc, store, cases.block_bytes) if cases.lazy else fc.load()
         forecast[v] = fc
-        truth_at[v] = like(at.where(cases.mask).transpose(*fc.dims, missing_dims="ignore"), fc)
+        at = at_positions(src, TRUTH_TIME, cases.pos, cases.mask, fc)
+        truth_at[v] = like(at.transpose(*fc.dims, missing_dims="ignore"), fc)
         if "persistence" in cases.refs:
             ip = xr.DataArray(cases.init_pos, dims=(INIT_DIM,), coords={INIT_DIM: sub[INIT_DIM]})
-            persistence[v] = like(
-                src.isel({TRUTH_TIME: ip}).drop_vars(TRUTH_TIME, errors="ignore"), fc
-            )
+            persistence[v] = like(at_positions(src, TRUTH_TIME, ip, None, fc), fc)
         if "extrapolation" in cases.refs:
             space, axis = (store.y_dim, store.x_dim), (truth.times, truth.time_step)
             ex, missing = extrapolated(

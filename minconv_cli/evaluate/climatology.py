@@ -18,7 +18,10 @@ from minconv_cli.data.dims import find_roles
 from minconv_cli.data.integrity import check_chunks
 from minconv_cli.data.timeaxis import CalendarStep
 from minconv_cli.evaluate.align import like, roles_of
+from minconv_cli.evaluate.gather import gather
 from minconv_cli.evaluate.labels import label
+
+KEY_AXIS = "_climatology_key"  # the climatology's (dayofyear, hour) or month keys, flattened
 
 
 class ClimatologyGap(MinconvError):
@@ -136,6 +139,23 @@ def climatology_at(
             f"{label}: no climatology for {len(gaps)} of the scored ({', '.join(names)}) keys, "
             f"e.g. {what}; give a longer --climatology-period or a --climatology file"
         )
-    if template.chunks is not None:
-        clim = clim.chunk()
+    if template.chunks is not None:  # block by block, like the forecast
+        return like(_gathered(clim, keys, valid, template), template)
     return like(clim.sel(keys).drop_vars(names, errors="ignore"), template)
+
+
+def _gathered(
+    clim: xr.DataArray, keys: dict[str, xr.DataArray], valid: xr.DataArray, like_: xr.DataArray
+) -> xr.DataArray:
+    """The climatology at the `keys` of each valid time, gathered lazily, one task per block of
+    cases (a vectorised `sel` makes one per case): its key dims flattened into one axis."""
+    names = list(keys)
+    other = [d for d in clim.dims if d not in names]
+    flat = clim.transpose(*names, *other)
+    data = flat.data.reshape((-1, *flat.shape[len(names) :]))
+    idx = [clim.indexes[n].get_indexer(keys[n].values.ravel()) for n in names]
+    pos = np.ravel_multi_index(idx, [clim.sizes[n] for n in names]).reshape(valid.shape)
+    coords = {k: c for k, c in clim.coords.items() if not set(c.dims) & set(names)}
+    src = xr.DataArray(data, dims=(KEY_AXIS, *other), coords=coords, attrs=clim.attrs)
+    at = xr.DataArray(pos, dims=valid.dims, coords={d: valid[d] for d in valid.dims})
+    return gather(src, KEY_AXIS, at, None, dict(zip(like_.dims, like_.chunks, strict=True)))

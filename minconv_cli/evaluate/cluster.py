@@ -26,13 +26,17 @@ MISSING = (
 )
 CONNECT_TIMEOUT_S = 5.0  # to reach a --scheduler before giving up
 LOAD_SHARE = 8  # a forecast under limit / LOAD_SHARE is scored in memory (several copies at peak)
-TRUTH_SHARE = 4  # the truth is loaded into memory when it fits limit / TRUTH_SHARE
+# the truth is loaded into memory when it fits limit / TRUTH_SHARE (loading it peaks at about
+# three times its size); a larger one is read lazily, in slabs, by the blocks that need them
+# (slower, and dask keeps some slabs read ahead: a loaded truth is the lower peak when it fits)
+TRUTH_SHARE = 5
 # a worker process holds about 300 MB of libraries (numpy, xarray, zarr, this package) before it
 # scores anything, and dask pauses it at 80 % of its limit: below this it would never run a task
 MIN_WORKER_BYTES = 512 * 2**20
 # Peak memory per thread of the threaded scheduler, in blocks of BLOCK_BYTES: the forecast block,
 # the truth and reference blocks gathered like it, and the metrics' temporaries
-# (benchmarks/evaluate_cluster.py measures the peak).
+# (benchmarks/evaluate_cluster.py measures the peak). Larger blocks would make a smaller graph
+# (about 0.5 MB per block) but raise the peak more: dask keeps some blocks' intermediates.
 BLOCKS_PER_THREAD = 16
 
 
@@ -49,6 +53,7 @@ class Engine:
     threads: int
     memory_limit: int | None
     config: dict = field(default_factory=dict)  # dask settings while evaluating (threads)
+    block_bytes: int = BLOCK_BYTES  # the lazy forecast's blocks of init times
 
     def evaluate(self, *args: Any, **kwargs: Any) -> Scores:
         """`scoring.evaluate(*args, **kwargs)` run on this engine; its `run` record (run.json)
@@ -61,6 +66,7 @@ class Engine:
                 compute=self.compute,
                 load_below=self.load_below,
                 truth_memory=self.truth_memory,
+                block_bytes=self.block_bytes,
             )
         scores.run = self.summary(time.perf_counter() - start, scores.run)
         return scores

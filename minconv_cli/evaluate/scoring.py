@@ -20,6 +20,7 @@ from minconv_cli.data import Fields, open_fields
 from minconv_cli.data.dims import is_latitude, is_longitude
 from minconv_cli.data.remote import as_source
 from minconv_cli.evaluate.align import (
+    BLOCK_BYTES,
     LOAD_BELOW_BYTES,
     Aligned,
     align,
@@ -164,12 +165,11 @@ def evaluate(
     maps: bool = False,
     compute: Compute | None = None,
     truth_memory: int | None = None,
+    block_bytes: int = BLOCK_BYTES,
 ) -> Scores:
-    """Score FORECAST (and the `--compare` forecasts) against TRUTH with the reference forecasts;
-    `metrics_` names rows of the metric table (default: every one `--metrics` accepts);
-    `thresholds` (event: value >= threshold) and `fss_scales` (window sizes) add event scores;
-    `maps` adds the error maps (RMSE and bias per grid cell and lead) of every forecast.
-    `compute` runs the reduction pass (default `compute_here`); `truth_memory`: the truth's budget."""
+    """Score FORECAST (and `--compare` forecasts) against TRUTH with the references; `metrics_`
+    (rows of the metric table), `thresholds`, `fss_scales`, `maps`: as the options; `compute`: the
+    pass (`compute_here`); `truth_memory`: the truth's budget; `block_bytes`: lazy blocks' size."""
     wanted, refs, events = _options(
         metrics_, references, climatology, climatology_period, thresholds, fss_scales
     )
@@ -178,9 +178,7 @@ def evaluate(
     check_scales(events, (main.ds.sizes[main.y_dim], main.ds.sizes[main.x_dim]), str(main.path))
     for s in stores:
         verify_done_chunks(s, allow_missing_chunks)
-    fields = open_fields(
-        truth, main.variables, memory_limit=truth_memory, allow_missing_chunks=allow_missing_chunks
-    )
+    fields = _open_truth(truth, main.variables, truth_memory, allow_missing_chunks)
     use_clim = "climatology" in refs or any(METRICS[m].needs_climatology for m in wanted)
     clim_file = _clim_file(climatology if use_clim else None, main, fields, allow_missing_chunks)
     notes: list[str] = []
@@ -188,7 +186,9 @@ def evaluate(
     if clim_file is not None:
         others.append((clim_file.source, clim_file.fields))
     check_units(stores, others, main.variables, notes)
-    first = align(main, fields, "persistence" in refs, load_below, "extrapolation" in refs)
+    first = align(
+        main, fields, "persistence" in refs, load_below, "extrapolation" in refs, block_bytes
+    )
     aligned = [first, *(onto(first, s, fields, load_below) for s in stores[1:])]
     notes += [f"{a.store.name}: {n}" for a in aligned for n in a.overlap.pop("notes")]
     clim = _climatology(fields, main, clim_file, climatology_period, notes) if use_clim else None
@@ -207,6 +207,20 @@ def evaluate(
         space = (main.y_dim, main.x_dim)
         scores.error_maps = error_map_dataset(sums, units, main.lead_unit, space)
     return scores
+
+
+def _open_truth(
+    truth: str | Path | Sequence[str | Path],
+    variables: Sequence[str],
+    memory: int | None,
+    allow_missing: bool,
+) -> Fields:
+    """The truth, loaded within `memory` by this process's threads (on a cluster too: a worker
+    would gather the whole truth into one task), else lazy."""
+    with dask.config.set(scheduler="threads"):
+        return open_fields(
+            truth, variables, memory_limit=memory, allow_missing_chunks=allow_missing
+        )
 
 
 def _clim_file(
