@@ -175,6 +175,9 @@ def main() -> None:
     parser.add_argument("--store-gb", type=float, default=4.5)
     parser.add_argument("--quick", action="store_true", help="a 0.3 GB store: a smoke run")
     parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument(
+        "--workers-memory-limit", default="2GiB", help="the workers' total (1 GiB each at least)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="0: in-process only")
     parser.add_argument("--result", type=Path, default=RESULT)
     args = parser.parse_args()
@@ -190,7 +193,13 @@ def main() -> None:
             f"{nbytes / parse_size(args.memory_limit):.1f}x the limit {args.memory_limit}"
         )
         rows = [
-            run_case(fc, truth, root / f"out_{w or 0}", args.memory_limit, w)
+            run_case(
+                fc,
+                truth,
+                root / f"out_{w or 0}",
+                args.workers_memory_limit if w else args.memory_limit,
+                w,
+            )
             for w in (None, *([args.workers] if args.workers else []))
         ]
     console.print(_table(rows, nbytes / 1e9))

@@ -31,8 +31,9 @@ LOAD_SHARE = 8  # a forecast under limit / LOAD_SHARE is scored in memory (sever
 # (slower, and dask keeps some slabs read ahead: a loaded truth is the lower peak when it fits)
 TRUTH_SHARE = 5
 # a worker process holds about 300 MB of libraries (numpy, xarray, zarr, this package) before it
-# scores anything, and dask pauses it at 80 % of its limit: below this it would never run a task
-MIN_WORKER_BYTES = 512 * 2**20
+# scores anything, and dask pauses it at 80 % of its limit; at 512 MB workers scoring blocks sat at
+# ~420 MB, paused, and the run stalled (benchmarks/evaluate_cluster.py): refuse less than 1 GiB
+MIN_WORKER_BYTES = 2**30
 # Peak memory per thread of the threaded scheduler, in blocks of BLOCK_BYTES: the forecast block,
 # the truth and reference blocks gathered like it, and the metrics' temporaries
 # (benchmarks/evaluate_cluster.py measures the peak). Larger blocks would make a smaller graph
@@ -109,7 +110,8 @@ def check_options(
         raise MinconvError(
             f"--memory-limit {memory_limit} for --workers {workers}: "
             f"{limit / workers / 2**20:.0f} MB per worker is too small; a worker needs "
-            f"{MIN_WORKER_BYTES / 2**20:.0f} MB or more (it holds about 300 MB of libraries)"
+            f"{MIN_WORKER_BYTES / 2**20:.0f} MB or more (about 300 MB of libraries, and dask pauses "
+            "a worker at 80 % of its limit)"
         )
     return limit
 
@@ -139,7 +141,10 @@ def dask_engine(
         yield Engine(
             compute=client_compute(client),
             load_below=0,  # the workers read and score the forecast, block by block
-            truth_memory=_truth_memory(memory_limit),
+            # a loaded truth travels to every worker with the graph: it must fit each one
+            truth_memory=_truth_memory(
+                memory_limit // workers if memory_limit and workers else memory_limit
+            ),
             scheduler=scheduler or "local cluster",
             workers=n,
             threads=threads,
