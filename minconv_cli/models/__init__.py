@@ -1,7 +1,7 @@
 """Minimal convolutional RNNs (MinConvGRU/LSTM/ExpLSTM) and the ConvGRU/ConvLSTM baselines.
 
-`spec.py`: `ModelSpec` and the model table `MODELS`; `cells.py` / `gates.py` / `scan.py` /
-`padding.py`: the layers; `network.py`: the shared network; `create.py`: `create_model`;
+`spec.py`: `ModelSpec` and the model table `MODELS`; `cells.py` / `gates.py` / `gate_maps.py`
+(the CPU fused recurrence from the conv output) / `scan.py` / `padding.py`: the layers; `network.py`: the shared network; `create.py`: `create_model`;
 `sizing.py`: widths for a parameter budget; `checkpoint.py` / `data_contract.py`: files.
 """
 

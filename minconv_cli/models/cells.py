@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from minconv_cli.models.gates import FUSED_BACKENDS, fused_recurrence, g, update_gate
+from minconv_cli.models.gate_maps import KINDS as MAPS_KINDS
+from minconv_cli.models.gate_maps import maps_recurrence
+from minconv_cli.models.gates import FUSED_BACKENDS, fused_backend, fused_recurrence, g, update_gate
 from minconv_cli.models.padding import GridConv2d
 from minconv_cli.models.scan import linear_recurrence
 from minconv_cli.models.spec import SCAN_BACKENDS
@@ -67,11 +69,14 @@ class MinConvCell(nn.Module):
         T, B = x.shape[:2]
         u = self.conv(x.reshape(T * B, *x.shape[2:]))  # fp32 also under autocast (GridConv2d)
         u = u.view(T, B, *u.shape[1:])
-        if self.backend in FUSED_BACKENDS:
-            h = fused_recurrence(self.backend, *self.logits(u), state)
-        else:
+        if self.backend not in FUSED_BACKENDS:
             a, b = self.gates(u)
             h = linear_recurrence(a, b, state, dim=0, backend=self.backend)
+        elif self.kind in MAPS_KINDS and fused_backend(self.backend, u.device) == "fused":
+            # the gate logits, too, in the fused function
+            h = maps_recurrence(self.kind, u, self.hidden, state)
+        else:
+            h = fused_recurrence(self.backend, *self.logits(u), state)
         return h, h[-1]
 
     def step(

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from minconv_cli.models.spec import ModelSpec
 
 CHUNK_ELEMENTS = 2**22
+CHUNK_FRAMES = 5  # at most; longer chunks only add peak memory (docs/models.md, grid size)
 
 
 class GridNorm(nn.Module):
@@ -203,9 +204,10 @@ class RecurrentForecaster(nn.Module):
 
     def _chunk_length(self, x: torch.Tensor) -> int:
         """Frames per teacher-forced chunk: `time_chunk`, or (0) as many as keep a layer's
-        activations near CHUNK_ELEMENTS (the whole context at 16x16 batch 8, 5 frames at 64x64
-        batch 4; with freed memory kept, see allocator.py, larger chunks measured no slower)."""
+        activations near CHUNK_ELEMENTS, at most CHUNK_FRAMES (5 frames up to 64x64 batch 4,
+        one at 128x128: the peak memory of whole 20-frame chunks was 12-26 % higher at 16x16
+        and 32x32 and no faster; see docs/models.md, "Scaling with grid size")."""
         if self.time_chunk > 0:
             return self.time_chunk
         per_frame = x.shape[0] * max(self.widths) * x.shape[-2] * x.shape[-1]
-        return max(1, CHUNK_ELEMENTS // per_frame)
+        return max(1, min(CHUNK_FRAMES, CHUNK_ELEMENTS // per_frame))
