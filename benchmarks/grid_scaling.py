@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
     parser.add_argument("--repeats", type=int, default=1, help="fresh processes per case")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--batch", type=int, default=4, help="sequences per step (4: the issue's; less for 256x256)"
+    )
     parser.add_argument("--quick", action="store_true", help="16 and 32, bf16, allocator on")
     parser.add_argument("--fresh", action="store_true", help="forget the results already stored")
     parser.add_argument("--no-plot", action="store_true")
@@ -142,6 +145,7 @@ def run_cases(args, result: dict) -> None:
     for repeat in range(args.repeats):
         for grid, mode, precision, allocator, chunk, model in cases(args):
             key = case_key(mode, grid, model, precision, allocator, chunk)
+            key += f" batch={args.batch}" if args.batch != 4 else ""
             done = runs.setdefault(key, [])
             if len(done) > repeat:
                 continue
@@ -157,6 +161,7 @@ def run_cases(args, result: dict) -> None:
                 chunk=chunk,
             )
             env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+            env["GRID_SCALING_BATCH"] = str(args.batch)
             got = run_json(code, args.threads, env)
             got["load_average"] = round(os.getloadavg()[0], 2)
             done.append(got)

@@ -7,6 +7,7 @@ Kept free of rich/matplotlib so that the child process imports only what the cas
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -19,7 +20,9 @@ PAPER_WIDTHS = {
     "minconvlstm": 40,
     "minconvexplstm": 40,
 }
-BATCH, CONTEXT, HORIZON = 4, 20, 5  # the training step of the issue: T = 25 (20 tf + 5 cl)
+# the training step of the issue: B = 4, T = 25 (20 tf + 5 cl); grid_scaling.py --batch sets B
+BATCH = int(os.environ.get("GRID_SCALING_BATCH", "4"))
+CONTEXT, HORIZON = 20, 5
 ROLLOUT_LEADS = 10
 
 
