@@ -43,13 +43,8 @@ from minconv_cli.models.gates import fused_backend, g, gated_recurrence
 from minconv_cli.models.scan import linear_recurrence
 
 RESULT = Path(__file__).parent / "results" / "gpu.json"
-PAPER_WIDTHS = {
-    "convgru": 28,
-    "convlstm": 25,
-    "minconvgru": 49,
-    "minconvlstm": 40,
-    "minconvexplstm": 40,
-}
+from grid_scaling_case import PAPER_WIDTHS  # noqa: E402  (the paper's widths at ~175k parameters)
+
 OFFICIAL_CLASSES = {
     "convgru": ("convgru", "ConvGRU"),
     "convlstm": ("convlstm", "ConvLSTM"),

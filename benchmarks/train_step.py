@@ -21,13 +21,16 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# the paper's widths at ~175k parameters, 4 layers (16x16 LayerNorm; at 64x64 LayerNorm adds
+# 2*H*W per layer), and this process's memory, as the grid-scaling cases read it
+from grid_scaling_case import PAPER_WIDTHS, peak_rss_bytes, rss_bytes  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 
@@ -37,14 +40,6 @@ from minconv_cli.models import MODEL_NAMES, count_parameters, create_model
 from minconv_cli.models.gates import gated_recurrence
 from minconv_cli.models.scan import linear_recurrence
 
-# the paper's widths at ~175k parameters, 4 layers (16x16 LayerNorm; at 64x64 LayerNorm adds 2*H*W per layer)
-PAPER_WIDTHS = {
-    "convgru": 28,
-    "convlstm": 25,
-    "minconvgru": 49,
-    "minconvlstm": 40,
-    "minconvexplstm": 40,
-}
 MIN_MODELS = ("minconvgru", "minconvlstm", "minconvexplstm")
 RESULT = Path(__file__).parent / "results" / "train_step.json"
 
@@ -161,26 +156,14 @@ def time_models(cases: dict, repeats: int) -> dict[Any, list[float]]:
     return times
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def _peak_rss_bytes() -> int:
-    """VmHWM: this process's peak RSS (ru_maxrss would carry the parent's peak across exec)."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
-
-
 def _memory_child(args, threads, queue) -> None:
     keep_freed_memory()  # as `minconv train` does
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     case = make_case(*args)
-    before = _rss_bytes()
+    before = rss_bytes()
     train_step(*case)
-    queue.put((_peak_rss_bytes(), before))
+    queue.put((peak_rss_bytes(), before))
 
 
 def peak_memory(args, threads: int) -> dict[str, float]:
