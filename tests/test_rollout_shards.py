@@ -283,3 +283,18 @@ def test_a_store_of_an_older_minconv_is_completed_by_one_process_only(made, tmp_
     resumed = rollout(ckpt, data, out, "--init-times", "5", "--resume", "-q")
     assert resumed.exit_code == 0, resumed.output
     assert xr.open_zarr(out)["minconv_done"].values.all()
+
+
+def test_shards_overwrite_beside_the_old_store_and_the_last_swaps_it_in(made, tmp_path, one_thread):
+    ckpt, data = made["tmp"] / "ll.pt", made["ll"]
+    out, clean = tmp_path / "fc.zarr", tmp_path / "clean.zarr"
+    assert rollout(ckpt, data, out, "--steps", "2", "-q").exit_code == 0  # the old store
+    old = xr.open_zarr(out).load()
+    first = json.loads(rollout(ckpt, data, out, "--overwrite", "--shard", "0/2", "--json").stdout)
+    assert not first["complete"]
+    xr.testing.assert_identical(xr.open_zarr(out).load(), old)  # untouched until the last task
+    assert sibling(out, "minconv-partial", unique=False).exists()
+    last = json.loads(rollout(ckpt, data, out, "--overwrite", "--shard", "1/2", "--json").stdout)
+    assert last["complete"] and not sibling(out, "minconv-partial", unique=False).exists()
+    assert rollout(ckpt, data, clean, "-q").exit_code == 0
+    assert_same_store(clean, out)
