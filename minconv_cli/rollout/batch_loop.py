@@ -66,6 +66,7 @@ class BatchLoop:
     writer: StoreWriter | None = None
     todo: list[Row] = field(default_factory=list)  # every row of the store
     pending: set = field(default_factory=set)  # store positions still to write
+    batches: list = field(default_factory=list)  # (checkpoint, pending rows) of this process
     mine: int = 0  # rows of this process' batches (all rows when not split)
     mine_done: int = 0  # of which were done before this run
     written: int = 0
@@ -85,20 +86,22 @@ class BatchLoop:
         self.pending = {row[2] for row in plan.pending(self.todo, done)}
         self.clock["write"] += time.perf_counter() - t0
         self.writer = StoreWriter(self.target, job.fields, members=plan.members is not None)
-        self.mine = sum(len(b) for _, b in self._batches(lambda row: True))
-        left = sum(len(b) for _, b in self._batches(lambda row: row[2] in self.pending))
-        self.mine_done = self.mine - left
+        mine = self._my_batches()
+        self.batches = [(k, [r for r in b if r[2] in self.pending]) for k, b in mine]
+        self.batches = [(k, b) for k, b in self.batches if b]
+        self.mine = sum(len(b) for _, b in mine)
+        self.mine_done = self.mine - sum(len(b) for _, b in self.batches)
         self._report(0)
 
-    def _batches(self, keep: Any) -> list[tuple[int, list[Row]]]:
-        """(checkpoint, rows of a batch that `keep` keeps) of this process, in order."""
+    def _my_batches(self) -> list[tuple[int, list[Row]]]:
+        """(checkpoint, batch) of this process, in order, done rows included."""
+        by_checkpoint: dict[int, list[Row]] = {}
+        for row in self.todo:
+            by_checkpoint.setdefault(self.plan.checkpoint_of(row), []).append(row)
         out = []
-        for k in sorted({self.plan.checkpoint_of(row) for row in self.todo}):
-            rows = [row for row in self.todo if self.plan.checkpoint_of(row) == k]
-            batches = self.plan.batches(rows, self.batch_size)
-            for batch in self.shard.take(batches) if self.shard else batches:
-                kept = [row for row in batch if keep(row)]
-                out += [(k, kept)] if kept else []
+        for k in sorted(by_checkpoint):
+            batches = self.plan.batches(by_checkpoint[k], self.batch_size)
+            out += [(k, b) for b in (self.shard.take(batches) if self.shard else batches)]
         return out
 
     def _report(self, n: int) -> None:
@@ -115,7 +118,7 @@ class BatchLoop:
     def forecast(self, loads: list[LoadedCheckpoint]) -> None:
         static = self.job.static()
         models = {}
-        for k, batch in self._batches(lambda row: row[2] in self.pending):
+        for k, batch in self.batches:
             if k not in models:
                 model = loads[k].model.eval()
                 model.precision = self.precision

@@ -118,11 +118,13 @@ def _join_or_create(
         if target.exists():
             return target, read_done(target, settings)
     elif mode == "overwrite":
-        if partial.exists() and _same_settings(partial, settings):
-            return partial, read_done(partial, settings)
+        done = _done_if_same(partial, settings)
+        if done is not None:
+            return partial, done
         remove(partial)  # an interrupted overwrite with other settings
-        if out.exists() and _same_settings(out, settings) and not _all_done(out):
-            return out, read_done(out, settings)  # made by a sibling: there was no old store
+        done = _done_if_same(out, settings)
+        if done is not None and not done.all():
+            return out, done  # made by a sibling: there was no old store
         target = partial if out.exists() else out
         return target, _create(template, encoding, target, zarr_format)
     elif out.exists():
@@ -136,12 +138,14 @@ def _create(template: Any, encoding: dict, target: Path, zarr_format: int) -> np
     return np.zeros(template[DONE].shape, dtype=bool)
 
 
-def _same_settings(path: Path, settings: dict) -> bool:
+def _done_if_same(path: Path, settings: dict) -> np.ndarray | None:
+    """The done flags of the store at `path` if it was made with `settings`, else None."""
+    if not path.exists():
+        return None
     try:
-        read_done(path, settings)
+        return read_done(path, settings)
     except MinconvError:
-        return False
-    return True
+        return None
 
 
 def _all_done(path: Path) -> bool:
