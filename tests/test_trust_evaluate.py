@@ -280,7 +280,7 @@ def test_a_lazy_store_gives_the_in_memory_scores_and_case_counts(tmp_path, daily
     # the mask and the counts stay lazy (dask) along with the store: nothing is loaded whole
     main = align(open_forecast(tmp_path / "fc.zarr"), open_fields(tmp_path / "truth.nc"), True, 0)
     cases = common_cases([main], {"persistence": {"z": main.persistence["z"]}}, None)
-    for x in (cases.forecast[("fc", "z")], cases.truth["z"], cases.counts["fc"]["all"]):
+    for x in (cases.forecast[("fc", "z")], cases.truth["z"], cases.alive["fc"]["all"]):
         assert dask.is_dask_collection(x)
     assert in_memory.overlap[0]["dropped"] == {
         **NO_DROPS, "unfinished": 3, "nan_forecast": 3, "other_forecast": 3}  # fmt: skip

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import xarray as xr
 
 from minconv_cli.evaluate.align import Aligned
+from minconv_cli.evaluate.batches import take_init
 from minconv_cli.rollout.store import MEMBER_DIM
 
 REASONS = {
@@ -37,7 +38,27 @@ class CaseSet:
     forecast: dict[tuple[str, str], xr.DataArray]  # (forecast name, variable)
     truth: dict[str, xr.DataArray]
     references: dict[tuple[str, str], xr.DataArray]  # (reference name, variable)
-    counts: dict[str, dict[str, xr.DataArray]]  # forecast name -> stage -> cases (0-d, lazy)
+    # forecast name -> stage -> whether each case is still scored (lazy, over the case dims)
+    alive: dict[str, dict[str, xr.DataArray]]
+    fixed: dict[str, dict[str, int]]  # forecast name -> the counts before the stages (scope, ready)
+
+    def stage_counts(self) -> dict[str, dict[str, xr.DataArray]]:
+        """Forecast name -> the cases still scored after each stage (0-d, lazy)."""
+        return {n: {s: m.sum() for s, m in stages.items()} for n, stages in self.alive.items()}
+
+    def take(self, span: slice) -> CaseSet:
+        """The cases of the init times `span` (their positions); the fixed counts stay."""
+
+        def cut(x: xr.DataArray) -> xr.DataArray:
+            return take_init(x, span)
+
+        return CaseSet(
+            {k: cut(x) for k, x in self.forecast.items()},
+            {k: cut(x) for k, x in self.truth.items()},
+            {k: cut(x) for k, x in self.references.items()},
+            {n: {s: cut(m) for s, m in stages.items()} for n, stages in self.alive.items()},
+            self.fixed,
+        )
 
 
 def _finite(fc: xr.DataArray) -> xr.DataArray:
@@ -94,16 +115,8 @@ def common_cases(
         for name, r in references.items():
             if v in r:
                 refs[(name, v)] = _restrict(r[v], valid)
-    counts = {
-        name: {
-            "scope": a.scope,
-            "ready": int(a.ready.sum()),
-            **{s: alive[name][s].sum() for s in _STAGES},
-        }
-        for a in aligned
-        for name in [a.store.name]
-    }
-    return CaseSet(forecast, truth, refs, counts)
+    fixed = {a.store.name: {"scope": a.scope, "ready": int(a.ready.sum())} for a in aligned}
+    return CaseSet(forecast, truth, refs, alive, fixed)
 
 
 def _restrict(x: xr.DataArray, valid: xr.DataArray) -> xr.DataArray:

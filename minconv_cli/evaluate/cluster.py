@@ -18,7 +18,9 @@ from minconv_cli.core.errors import MinconvError, one_line
 from minconv_cli.core.files import Progress
 from minconv_cli.data.memory import IN_MEMORY_FACTOR, parse_size
 from minconv_cli.evaluate.align import BLOCK_BYTES, LOAD_BELOW_BYTES
-from minconv_cli.evaluate.scoring import Compute, Scores, compute_here, evaluate
+from minconv_cli.evaluate.batches import BATCH_BYTES
+from minconv_cli.evaluate.reductions import Compute, compute_here
+from minconv_cli.evaluate.scoring import Scores, evaluate
 
 MISSING = (
     "--scheduler / --workers need dask.distributed, the cluster extra: "
@@ -39,6 +41,10 @@ MIN_WORKER_BYTES = 2**30
 # (benchmarks/evaluate_cluster.py measures the peak). Larger blocks would make a smaller graph
 # (about 0.5 MB per block) but raise the peak more: dask keeps some blocks' intermediates.
 BLOCKS_PER_THREAD = 16
+# Under a memory limit, each dask pass scores about limit / BATCH_SHARE of forecast: its graph
+# (~0.1-0.2 MB per MB of forecast: tasks, keys, partial sums) then takes a bounded share of the
+# limit, whatever the store's size (`batches.py`)
+BATCH_SHARE = 4
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Engine:
     memory_limit: int | None
     config: dict = field(default_factory=dict)  # dask settings while evaluating (threads)
     block_bytes: int = BLOCK_BYTES  # the lazy forecast's blocks of init times
+    batch_bytes: int = BATCH_BYTES  # the forecast scored per dask pass
 
     def evaluate(self, *args: Any, **kwargs: Any) -> Scores:
         """`scoring.evaluate(*args, **kwargs)` run on this engine; its `run` record (run.json)
@@ -68,6 +75,7 @@ class Engine:
                 load_below=self.load_below,
                 truth_memory=self.truth_memory,
                 block_bytes=self.block_bytes,
+                batch_bytes=self.batch_bytes,
             )
         scores.run = self.summary(time.perf_counter() - start, scores.run)
         return scores
@@ -149,6 +157,7 @@ def dask_engine(
             workers=n,
             threads=threads,
             memory_limit=memory_limit,
+            batch_bytes=_batch_bytes(memory_limit),
         )
 
 
@@ -160,7 +169,22 @@ def in_process(memory_limit: int | None) -> Engine:
     threads = _threads(memory_limit)
     load_below, truth = _load_below(memory_limit), _truth_memory(memory_limit)
     config = {"scheduler": "threads", "num_workers": threads}
-    return Engine(compute_here, load_below, truth, "in-process", 1, threads, memory_limit, config)
+    return Engine(
+        compute_here,
+        load_below,
+        truth,
+        "in-process",
+        1,
+        threads,
+        memory_limit,
+        config,
+        batch_bytes=_batch_bytes(memory_limit),
+    )
+
+
+def _batch_bytes(memory_limit: int | None) -> int:
+    """Forecast bytes per dask pass: a share of the limit (at most BATCH_BYTES)."""
+    return BATCH_BYTES if memory_limit is None else min(BATCH_BYTES, memory_limit // BATCH_SHARE)
 
 
 def _cpus() -> int:

@@ -44,6 +44,10 @@ class Metric:
     undefined: str = UNDEFINED_EMPTY  # the note when it is NaN although cells were scored
     per_threshold: bool = False  # one score per `--thresholds` event threshold (`csi@1`)
     per_scale: bool = False  # and per `--fss-scales` window size (`fss@1/s5`)
+    # how batches of cases combine (`evaluate/batches.py`): a sum adds up; a mean is weighted by
+    # `weight(...)` (same arguments as `reduce`: what the mean divides by)
+    summed: bool = False
+    weight: Callable[..., xr.DataArray] | None = None
 
     def compute(
         self,
@@ -56,15 +60,30 @@ class Metric:
         events: Events | None = None,
     ) -> xr.DataArray | None:
         """The lazy reduction (None where it does not apply, e.g. no climatology for ACC)."""
-        if self.reduce is None:
+        return self._call(self.reduce, forecast, truth, climatology, space, cases, weights, events)
+
+    def pooling_weight(
+        self,
+        forecast: xr.DataArray,
+        truth: xr.DataArray,
+        climatology: xr.DataArray | None,
+        space: Sequence,
+        cases: Sequence,
+        weights: xr.DataArray | None,
+    ) -> xr.DataArray | None:
+        """The lazy weight of a mean's value (None for sums, and where `compute` gives None)."""
+        return self._call(self.weight, forecast, truth, climatology, space, cases, weights, None)
+
+    def _call(self, fn, forecast, truth, climatology, space, cases, weights, events):  # noqa: ANN001
+        if fn is None:
             return None
         if self.per_threshold:
-            return self.reduce(forecast, truth, space, cases, weights, events=events)
+            return fn(forecast, truth, space, cases, weights, events=events)
         if self.needs_climatology:
             if climatology is None:
                 return None
-            return self.reduce(forecast, truth, climatology, space, cases, weights)
-        return self.reduce(forecast, truth, space, cases, weights)
+            return fn(forecast, truth, climatology, space, cases, weights)
+        return fn(forecast, truth, space, cases, weights)
 
     def applies(self, wanted: Sequence[str], members: bool) -> bool:
         """Whether this forecast gets it: chosen rows when asked for, the others when they fit."""
@@ -75,11 +94,12 @@ class Metric:
 
 ROWS = (
     Metric("rmse", derive=m.rmse_of, derived_from=("mse",), headline=True),
-    Metric("mae", m.mae),
-    Metric("bias", m.bias, better=NEARER),
+    Metric("mae", m.mae, weight=m.cell_weight),
+    Metric("bias", m.bias, better=NEARER, weight=m.cell_weight),
     Metric(
         "acc",
         m.acc,
+        weight=m.acc_cases,
         better=HIGHER,
         best=1.0,
         needs_climatology=True,
@@ -89,7 +109,11 @@ ROWS = (
         "(e.g. the climatology itself)",
     ),
     Metric(
-        "rel_l2", m.rel_l2, has_units=False, undefined="undefined: the truth is zero in every case"
+        "rel_l2",
+        m.rel_l2,
+        weight=m.rel_l2_cases,
+        has_units=False,
+        undefined="undefined: the truth is zero in every case",
     ),
     Metric(
         "skill",  # reported as skill_vs_REF for each reference REF
@@ -102,10 +126,11 @@ ROWS = (
         has_units=False,
         undefined="undefined: the reference's MSE is 0 (it is exact here)",
     ),
-    Metric("mse", m.mse, chosen=False, in_table=False),
+    Metric("mse", m.mse, chosen=False, in_table=False, weight=m.cell_weight),
     Metric(
         "spread_mse",
         m.spread_mse,
+        weight=m.member_cell_weight,
         better=NONE,
         best=None,
         needs_members=True,
@@ -132,19 +157,22 @@ ROWS = (
         chosen=False,
         has_units=False,
     ),
-    Metric("crps", m.crps, needs_members=True, chosen=False),
-    Metric("crps_fair", m.crps_fair, needs_members=True, chosen=False),
+    Metric("crps", m.crps, needs_members=True, chosen=False, weight=m.member_cell_weight),
+    Metric("crps_fair", m.crps_fair, needs_members=True, chosen=False, weight=m.member_cell_weight),
     Metric(
         m.RANK_HISTOGRAM,
         m.rank_histogram,
+        weight=m.member_cell_weight,
         better=NONE,
         best=None,
         needs_members=True,
         chosen=False,
         in_table=False,
     ),
-    Metric("contingency", ev.contingency, chosen=False, in_table=False, per_threshold=True),
-    Metric("fss_sums", ev.fss_sums, chosen=False, in_table=False, per_threshold=True),
+    Metric(
+        "contingency", ev.contingency, chosen=False, in_table=False, per_threshold=True, summed=True
+    ),
+    Metric("fss_sums", ev.fss_sums, chosen=False, in_table=False, per_threshold=True, summed=True),
     *(
         Metric(
             name,

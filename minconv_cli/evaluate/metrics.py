@@ -241,6 +241,64 @@ def rank_histogram(
     return hist
 
 
+# Pooling weights: what each mean above divides by, so that means of batches of cases combine
+# into the mean of all of them (sum of value x weight over the sum of weights; `evaluate/batches`).
+
+
+def _weight_of(valid: xr.DataArray, dims: Dims, weights: xr.DataArray | None) -> xr.DataArray:
+    """The sum of `weights` (1 without) over the `valid` cells of `dims`."""
+    if weights is None:
+        return valid.sum(list(dims), dtype=np.float64)
+    return (valid * weights).sum(list(dims))
+
+
+def cell_weight(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """The weight of the cells scored by `mse`, `mae` and `bias`: both fields have a value."""
+    return _weight_of(forecast.notnull() & truth.notnull(), [*cases, *space], weights)
+
+
+def member_cell_weight(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """The weight of the cells an ensemble score uses: every member and the truth have a value."""
+    return _weight_of(_members_joint(forecast, truth)[2], [*cases, *space], weights)
+
+
+def acc_cases(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    climatology: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """The number of cases whose ACC is defined (what `acc` averages over)."""
+    per_case = acc_per_case(forecast, truth, climatology, space, weights)
+    return per_case.notnull().sum(list(cases), dtype=np.float64)
+
+
+def rel_l2_cases(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    space: Dims,
+    cases: Dims,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """The number of cases whose relative L2 error is defined (what `rel_l2` averages over)."""
+    per_case = rel_l2_per_case(forecast, truth, space, weights)
+    return per_case.notnull().sum(list(cases), dtype=np.float64)
+
+
 # Derived scores: from the computed reductions of one forecast (and its member count).
 
 

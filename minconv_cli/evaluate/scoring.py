@@ -4,20 +4,17 @@ metrics chunk-wise with dask, and assemble the records and the score table."""
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import dask
 import numpy as np
 import xarray as xr
 
 from minconv_cli.core.errors import MinconvError
-from minconv_cli.core.files import Progress, dask_progress
+from minconv_cli.core.files import Progress
 from minconv_cli.data import Fields, open_fields
-from minconv_cli.data.dims import is_latitude, is_longitude
 from minconv_cli.data.remote import as_source
 from minconv_cli.evaluate.align import (
     BLOCK_BYTES,
@@ -28,7 +25,8 @@ from minconv_cli.evaluate.align import (
     onto,
     to_forecast_grid,
 )
-from minconv_cli.evaluate.cases import REASONS, CaseSet, common_cases, overlap_counts
+from minconv_cli.evaluate.batches import BATCH_BYTES
+from minconv_cli.evaluate.cases import REASONS, common_cases
 from minconv_cli.evaluate.checks import check_units, verify_done_chunks
 from minconv_cli.evaluate.climatology import (
     Climatology,
@@ -37,27 +35,19 @@ from minconv_cli.evaluate.climatology import (
     climatology_from_file,
     climatology_from_truth,
 )
-from minconv_cli.evaluate.error_maps import error_map_dataset, lazy_error_sums
-from minconv_cli.evaluate.events import Events, split_events
+from minconv_cli.evaluate.error_maps import error_map_dataset
+from minconv_cli.evaluate.events import Events
 from minconv_cli.evaluate.extrapolation import require_pysteps
 from minconv_cli.evaluate.labels import lead_hours, sub_hourly
 from minconv_cli.evaluate.metric_table import METRICS, event_names, member_names, reference_names
-from minconv_cli.evaluate.metrics import RANK_DIM, RANK_HISTOGRAM, area_weights
+from minconv_cli.evaluate.metrics import RANK_DIM, RANK_HISTOGRAM
 from minconv_cli.evaluate.options import Listed, check_scales, metric_options, parse_list
 from minconv_cli.evaluate.records import fill, per_channel
-from minconv_cli.rollout.store import INIT_DIM, LEAD_DIM, MEMBER_DIM, ForecastStore, open_forecast
+from minconv_cli.evaluate.reductions import Compute, reduce_all
+from minconv_cli.rollout.store import INIT_DIM, LEAD_DIM, ForecastStore, open_forecast
 
 REFERENCES = ("persistence", "climatology", "extrapolation")  # extrapolation: the nowcast extra
 DEFAULT_REFERENCES = ("persistence", "climatology")
-# runs the one reduction pass: (lazy objects, progress) -> their values (evaluate/cluster.py)
-Compute = Callable[[Sequence[Any], Progress | None], tuple]
-
-
-def compute_here(objs: Sequence[Any], progress: Progress | None) -> tuple:
-    """`dask.compute` on the current scheduler (in this process, or a current `Client`),
-    reporting finished tasks of the local schedulers to `progress`."""
-    with dask_progress(progress, every=50):
-        return dask.compute(*objs)
 
 
 @dataclass
@@ -91,43 +81,6 @@ def parse_compare(spec: str) -> tuple[str, str | Path]:
     if sep and name and "/" not in name and os.sep not in name:
         return name, as_source(path)
     return Path(spec).stem, as_source(spec)
-
-
-def _lazy_scores(
-    fc: xr.DataArray,
-    truth: xr.DataArray,
-    clim: xr.DataArray | None,
-    store: ForecastStore,
-    wanted: Sequence[str],
-    events: Events | None = None,
-) -> dict[str, xr.DataArray]:
-    """The lazy reductions of one forecast and variable: the count and every row of the table it
-    gets (an ensemble: the member rows on its members, the others, event scores too, on its mean)."""
-    space = (store.y_dim, store.x_dim)
-    cases = (INIT_DIM, *store.sample_dims)
-    latlon = is_latitude(store.ds, store.y_dim) and is_longitude(store.ds, store.x_dim)
-    w = area_weights(store.ds[store.y_dim]) if latlon else None
-    members = MEMBER_DIM in fc.dims
-    mean = fc.mean(MEMBER_DIM, skipna=False) if members else fc
-    out = {"count": (mean - truth).notnull().sum([*cases, *space])}
-    for row in METRICS.values():
-        if row.applies(wanted, members):
-            value = row.compute(
-                fc if row.needs_members else mean, truth, clim, space, cases, w, events
-            )
-            if value is not None:
-                out[row.name] = value
-    return out
-
-
-def _derive(ds: xr.Dataset, wanted: Sequence[str], members: int) -> xr.Dataset:
-    """The derived rows (RMSE, an ensemble's spread and spread/skill) from computed reductions."""
-    for row in METRICS.values():
-        if row.derive is None or row.per_reference or not row.applies(wanted, members > 0):
-            continue
-        if all(name in ds for name in row.derived_from):
-            ds[row.name] = row.derive(ds, members)
-    return split_events(ds, [n for n, r in METRICS.items() if r.per_threshold and r.in_table])
 
 
 def _options(
@@ -166,6 +119,7 @@ def evaluate(
     compute: Compute | None = None,
     truth_memory: int | None = None,
     block_bytes: int = BLOCK_BYTES,
+    batch_bytes: int = BATCH_BYTES,
 ) -> Scores:
     """Score FORECAST (and `--compare` forecasts) against TRUTH with the references; `metrics_`
     (rows of the metric table), `thresholds`, `fss_scales`, `maps`: as the options; `compute`: the
@@ -194,14 +148,15 @@ def evaluate(
     clim = _climatology(fields, main, clim_file, climatology_period, notes) if use_clim else None
     clim_at = _climatology_at(first, clim, notes)
     cases = common_cases(aligned, _references(first, clim_at, refs), clim_at)
-    case_dims = (INIT_DIM, *main.sample_dims)
-    sums = lazy_error_sums(cases.forecast, cases.truth, case_dims) if maps else {}
-    results, sums = _reduce(aligned, cases, clim_at, wanted, progress, events, sums, compute)
+    results, sums, batches = reduce_all(
+        aligned, cases, clim_at, wanted, progress, events, maps, compute, batch_bytes
+    )
     if not any(a.overlap["cases"] for a in aligned):
         raise MinconvError(_nothing_scored(aligned, fields))
     used_refs = list(dict.fromkeys(ref for ref, _ in cases.references))
     wanted = event_names(wanted, events)
     scores = _assemble(results, stores, used_refs, wanted, fields, notes, aligned)
+    scores.run["batches"] = batches
     if maps:
         units = {v: str(fields.ds[v].attrs.get("units", "")) for v in main.variables}
         space = (main.y_dim, main.x_dim)
@@ -231,51 +186,6 @@ def _clim_file(
         return None
     source = as_source(climatology)
     return climatology_from_file(source, main.variables, fields.time_is_datetime, allow_missing)
-
-
-def _reduce(
-    aligned: list[Aligned],
-    cases: CaseSet,
-    clim_at: dict[str, xr.DataArray] | None,
-    wanted: list[str],
-    progress: Progress | None,
-    events: Events | None = None,
-    along: dict | None = None,
-    compute: Compute | None = None,
-) -> tuple[dict[tuple[str, str], xr.Dataset], dict]:
-    """Every (forecast or reference, variable)'s reductions in one dask pass (`compute`), then the
-    derived rows; the overlap counts go into each forecast's overlap record. `along` (lazy objects,
-    e.g. the error-map sums) is computed in the same pass and returned beside."""
-    main = aligned[0].store
-    lazy = {
-        (a.store.name, v): _lazy_scores(
-            cases.forecast[(a.store.name, v)],
-            cases.truth[v],
-            clim_at[v] if clim_at is not None else None,
-            main,
-            wanted,
-            events,
-        )
-        for a in aligned
-        for v in a.forecast
-    }
-    for (ref, v), ref_fc in cases.references.items():
-        c = clim_at[v] if clim_at is not None else None
-        lazy[(ref, v)] = _lazy_scores(ref_fc, cases.truth[v], c, main, wanted, events)
-    keys = list(lazy)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on empty or undefined cells: NaN
-        *computed, counts, along = (compute or compute_here)(
-            [*(xr.Dataset(lazy[k]) for k in keys), cases.counts, along or {}], progress
-        )
-    for a in aligned:
-        a.overlap.update(overlap_counts(a, counts[a.store.name]))
-        a.overlap["case"] = list(map(str, aligned[0].ready.dims))
-    members = {a.store.name: a.store.members or 0 for a in aligned}
-    derived = {
-        k: _derive(ds, wanted, members.get(k[0], 0)) for k, ds in zip(keys, computed, strict=True)
-    }
-    return derived, along
 
 
 def _nothing_scored(aligned: list[Aligned], fields: Fields) -> str:
@@ -419,7 +329,8 @@ def _assemble(
 
 def _volume(aligned: list[Aligned]) -> dict:
     """How much forecast was scored: bytes (as read, before any mask) and 2-D frames, and whether
-    it was scored lazily in blocks of init times (dask) or loaded into memory."""
+    it was scored lazily in blocks of init times (dask) or loaded into memory; `batches`: its
+    dask passes (added by `evaluate`)."""
     arrays = [a.forecast[v] for a in aligned for v in a.forecast]
     y, x = aligned[0].store.y_dim, aligned[0].store.x_dim
     return {

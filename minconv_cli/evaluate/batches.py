@@ -1,0 +1,88 @@
+"""Scoring a store larger than memory in batches of init times, each one dask pass over its own
+graph, the batches' reductions then combined into the whole's.
+
+One graph over a whole archive store grows with it (about 0.1-0.2 MB per MB of forecast in the
+process that schedules it: tasks, keys, the per-block partial sums), so no memory limit holds for
+every store size. A batch's graph is bounded instead. Every reduction is a sum or a mean with a
+weight (`metric_table.Metric.summed` / `.weight`): sums add up, means combine as the sum of
+value x weight over the sum of weights, which is the mean over all cases to float round-off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import xarray as xr
+
+from minconv_cli.core.files import Progress
+from minconv_cli.rollout.store import INIT_DIM
+
+WEIGHT = "_weight"  # suffix of a mean's weight among a batch's reductions
+BATCH_BYTES = 2**30  # forecast bytes per batch when no memory limit sets it
+
+
+def init_spans(arrays: Sequence[xr.DataArray], batch_bytes: int) -> list[slice]:
+    """Positions of init times in batches of about `batch_bytes` of these arrays, cut at their
+    dask chunks along the init dim (no block is read twice); one span when they are in memory."""
+    lazy = [a for a in arrays if a.chunks is not None and INIT_DIM in a.dims]
+    if not lazy:
+        return [slice(None)]
+    n = lazy[0].sizes[INIT_DIM]
+    if any(a.sizes[INIT_DIM] != n for a in lazy):
+        return [slice(None)]
+    per_init = sum(a.nbytes for a in lazy) / max(1, n)
+    bounds = {0, n}
+    for a in lazy:
+        bounds |= set(np.cumsum(a.chunks[a.get_axis_num(INIT_DIM)]).tolist())
+    spans, start, edges = [], 0, sorted(bounds)
+    for prev, edge in zip(edges[:-1], edges[1:], strict=True):
+        if prev > start and (edge - start) * per_init > batch_bytes:
+            spans.append(slice(start, prev))
+            start = prev
+    spans.append(slice(start, n))
+    return spans
+
+
+def take_init(x: xr.DataArray, span: slice) -> xr.DataArray:
+    """`x` at the init times `span` (positions); `x` itself when it has no init dim."""
+    return x.isel({INIT_DIM: span}) if INIT_DIM in x.dims else x
+
+
+def combine(parts: Sequence[xr.Dataset], summed: set[Hashable]) -> xr.Dataset:
+    """The reductions of all cases from those of the batches (with their weights): the `summed`
+    variables add up; every other one is a mean weighted by its `NAME_weight` variable."""
+    out = {}
+    for name in parts[0].data_vars:
+        if str(name).endswith(WEIGHT):
+            continue
+        if name in summed:
+            out[name] = sum(p[name] for p in parts)
+            continue
+        weights = [p[f"{name}{WEIGHT}"] for p in parts]
+        total = sum(weights)
+        pooled = sum((p[name] * w).where(w > 0, 0.0) for p, w in zip(parts, weights, strict=True))
+        out[name] = (pooled / total.where(total > 0)).astype(parts[0][name].dtype)
+    return xr.Dataset(out)
+
+
+def add_up(parts: Sequence[dict]) -> dict:
+    """Nested dicts of computed sums (counts, error-map sums), added leaf by leaf."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: add_up([p[k] for p in parts]) for k in first}
+    return sum(parts[1:], first)
+
+
+def batch_progress(report: Progress | None, batch: int, batches: int) -> Progress | None:
+    """`report` for batch `batch` of `batches`: one bar over all of them (each batch an equal
+    share, its tasks spread over it)."""
+    if report is None or batches == 1:
+        return report
+    scale = 1000
+
+    def progress(done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        report(int((batch + share) * scale), batches * scale)
+
+    return progress
