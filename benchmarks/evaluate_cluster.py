@@ -10,7 +10,8 @@ stays under it in-process, and the workers together with --workers (the CLI proc
 the graph and the truth, comes on top: what dask's worker memory limit means too). Throughput (GB of forecast per minute) is
 from the run's OUT/run.json (forecast bytes / seconds of scoring, the cluster's start excluded).
 
-    nice -n 5 python benchmarks/evaluate_cluster.py     # 4.5 GB store (> 4x), 1GB limit
+    nice -n 5 python benchmarks/evaluate_cluster.py     # 9 GB store: 8x 1GB, 4x 2GiB of workers
+    python benchmarks/evaluate_cluster.py --data /scratch/evb   # keep (and reuse) the data there
     python benchmarks/evaluate_cluster.py --quick       # a CI-sized smoke run (0.3 GB store)
 """
 
@@ -99,6 +100,16 @@ def make_data(root: Path, store_gb: float) -> tuple[Path, Path, int]:
     return truth_path, fc_path, n_init * LEADS * frame
 
 
+def _data(root: Path, store_gb: float) -> tuple[Path, Path, int]:
+    """`make_data` in `root`, or what an earlier run left there (a complete store)."""
+    truth, fc = root / "truth.nc", root / "fc.zarr"
+    if truth.exists() and ((fc / "zarr.json").exists() or (fc / ".zmetadata").exists()):
+        with xr.open_zarr(fc) as ds:
+            return truth, fc, int(ds["t"].nbytes)
+    root.mkdir(parents=True, exist_ok=True)
+    return make_data(root, store_gb)
+
+
 def _rss(procs: list[psutil.Process]) -> int:
     total = 0
     for p in procs:
@@ -172,7 +183,12 @@ def _table(rows: list[dict], store_gb: float) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store-gb", type=float, default=4.5)
+    parser.add_argument("--store-gb", type=float, default=9.0)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="write the data here and reuse it when there (default: a temp dir)",
+    )
     parser.add_argument("--quick", action="store_true", help="a 0.3 GB store: a smoke run")
     parser.add_argument("--memory-limit", default="1GB")
     parser.add_argument(
@@ -184,9 +200,9 @@ def main() -> None:
     if args.quick:
         args.store_gb = 0.3
     console = Console()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        truth, fc, nbytes = make_data(root, args.store_gb)
+    with contextlib.ExitStack() as stack:
+        root = args.data or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        truth, fc, nbytes = _data(root, args.store_gb)
         on_disk = sum(f.stat().st_size for f in fc.rglob("*") if f.is_file())
         console.print(
             f"store: {nbytes / 1e9:.2f} GB of float32 ({on_disk / 1e9:.2f} GB on disk), "
@@ -214,6 +230,7 @@ def main() -> None:
         "store": {"bytes": nbytes, "bytes_on_disk": on_disk, "grid": list(GRID), "leads": LEADS},
         "scoring": " ".join(SCORING),
         "store_to_limit": round(nbytes / parse_size(args.memory_limit), 2),
+        "store_to_workers_limit": round(nbytes / parse_size(args.workers_memory_limit), 2),
         "limit_counts": "in-process: the whole process's resident memory (what a user or Slurm "
         "sees); --workers: the workers' together (the client process comes on top)",
         "note": "run with nice -n 5 on a shared machine (other jobs running): throughput is a "

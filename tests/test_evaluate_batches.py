@@ -15,7 +15,7 @@ from test_evaluate import wb2_forecast
 
 from minconv_cli.evaluate import evaluate
 from minconv_cli.evaluate.batches import WEIGHT, combine, init_spans
-from minconv_cli.evaluate.metric_table import METRICS
+from minconv_cli.evaluate.metric_table import MAX, MEAN, METRICS, Metric
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEADS = 3
@@ -111,21 +111,35 @@ def test_means_of_batches_combine_by_their_weights_and_sums_add_up():
         coords=lead,
     )
     b = xr.Dataset(
-        {"mae": ("lead", [2.0, 4.0]), f"mae{WEIGHT}": ("lead", [1.0, 2.0]), "count": ("lead", [1, 2])},
+        {
+            "mae": ("lead", [2.0, 4.0]),
+            f"mae{WEIGHT}": ("lead", [1.0, 2.0]),
+            "count": ("lead", [1, 2]),
+        },
         coords=lead,
     )
-    whole = combine([a, b], summed={"count"})
+    whole = combine([a, b], {"count": "sum"})
     assert set(whole.data_vars) == {"mae", "count"}
     np.testing.assert_allclose(whole["mae"], [(3 * 1.0 + 1 * 2.0) / 4, 4.0])
     np.testing.assert_array_equal(whole["count"], [4, 2])
-    none = combine([a, a], summed={"count"})
+    none = combine([a, a], {"count": "sum"})
     assert np.isnan(none["mae"].values[1])  # undefined in every batch: undefined
 
 
-def test_every_reduced_metric_is_either_a_sum_or_a_weighted_mean():
-    for row in METRICS.values():
-        if row.reduce is not None:
-            assert row.summed != (row.weight is not None), row.name
+def test_maxima_and_minima_of_batches_are_the_maximum_and_minimum_of_all():
+    a = xr.Dataset({"worst": ("lead", [1.0, np.nan]), "best": ("lead", [0.5, 2.0])})
+    b = xr.Dataset({"worst": ("lead", [3.0, 2.0]), "best": ("lead", [0.1, np.nan])})
+    whole = combine([a, b], {"worst": "max", "best": "min"})
+    np.testing.assert_array_equal(whole["worst"], [3.0, 2.0])
+    np.testing.assert_array_equal(whole["best"], [0.1, 2.0])
+
+
+def test_a_mean_metric_without_its_weight_is_refused_where_it_is_defined():
+    with pytest.raises(ValueError, match="weight="):
+        Metric("worst", lambda f, t, space, cases, w=None: abs(f - t).max([*cases, *space]))
+    assert Metric("worst", lambda *a: None, pooled=MAX).pooled == MAX
+    for row in METRICS.values():  # every row of the table: a mean has its weight
+        assert row.reduce is None or row.pooled != MEAN or row.weight is not None, row.name
 
 
 def test_batches_are_cut_at_block_edges_and_hold_about_the_bytes_asked():

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from minconv_cli.cli import app
 from minconv_cli.commands import evaluate as evaluate_command
 from minconv_cli.evaluate import evaluate, metric_table
-from minconv_cli.evaluate.metric_table import HIGHER, LOWER, NEARER, Metric, choices, row_of
+from minconv_cli.evaluate.metric_table import HIGHER, LOWER, MAX, NEARER, Metric, choices, row_of
 
 runner = CliRunner()
 
@@ -29,7 +29,9 @@ def max_abs_error(forecast, truth, space, cases, weights=None):
 
 
 # ... and one row.
-MAX_ABS_ERROR = Metric("max_abs_error", max_abs_error, better=LOWER, best=0.0, headline=True)
+MAX_ABS_ERROR = Metric(
+    "max_abs_error", max_abs_error, better=LOWER, best=0.0, headline=True, pooled=MAX
+)
 
 
 def _noisy(fc: xr.Dataset, seed: int, scale: float = 30.0) -> xr.Dataset:

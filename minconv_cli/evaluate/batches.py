@@ -10,7 +10,7 @@ value x weight over the sum of weights, which is the mean over all cases to floa
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -49,21 +49,29 @@ def take_init(x: xr.DataArray, span: slice) -> xr.DataArray:
     return x.isel({INIT_DIM: span}) if INIT_DIM in x.dims else x
 
 
-def combine(parts: Sequence[xr.Dataset], summed: set[Hashable]) -> xr.Dataset:
-    """The reductions of all cases from those of the batches (with their weights): the `summed`
-    variables add up; every other one is a mean weighted by its `NAME_weight` variable."""
+def combine(parts: Sequence[xr.Dataset], pooled: Mapping[Hashable, str]) -> xr.Dataset:
+    """The reductions of all cases from those of the batches: each variable as `pooled` says
+    ("sum", "max", "min"), else a mean weighted by its `NAME_weight` variable."""
     out = {}
     for name in parts[0].data_vars:
         if str(name).endswith(WEIGHT):
             continue
-        if name in summed:
-            out[name] = sum(p[name] for p in parts)
-            continue
-        weights = [p[f"{name}{WEIGHT}"] for p in parts]
-        total = sum(weights)
-        pooled = sum((p[name] * w).where(w > 0, 0.0) for p, w in zip(parts, weights, strict=True))
-        out[name] = (pooled / total.where(total > 0)).astype(parts[0][name].dtype)
+        values = [p[name] for p in parts]
+        how = pooled.get(name, "mean")
+        if how == "sum":
+            out[name] = sum(values[1:], values[0])
+        elif how in ("max", "min"):
+            out[name] = getattr(xr.concat(values, "batch"), how)("batch", skipna=True)
+        else:
+            out[name] = _weighted([(p[name], p[f"{name}{WEIGHT}"]) for p in parts])
     return xr.Dataset(out)
+
+
+def _weighted(pairs: list[tuple[xr.DataArray, xr.DataArray]]) -> xr.DataArray:
+    """Sum of value x weight over the sum of weights (batches of weight 0 left out; NaN if all)."""
+    total = sum(w for _, w in pairs)
+    pooled = sum(v.where(w > 0, 0.0) * w for v, w in pairs)
+    return (pooled / total.where(total > 0)).astype(pairs[0][0].dtype)
 
 
 def add_up(parts: Sequence[dict]) -> dict:

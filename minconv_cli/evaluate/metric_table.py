@@ -17,6 +17,7 @@ import minconv_cli.evaluate.metrics as m  # not `from minconv_cli.evaluate`: tha
 from minconv_cli.evaluate.events import Events, parse_event_name
 
 LOWER, HIGHER, NEARER, NONE = "lower", "higher", "nearer", ""  # which way is better
+MEAN, SUM, MAX, MIN = "mean", "sum", "max", "min"  # how batches of cases combine (`pooled`)
 UNDEFINED_EMPTY = "undefined: no valid cells to score"
 
 
@@ -44,10 +45,17 @@ class Metric:
     undefined: str = UNDEFINED_EMPTY  # the note when it is NaN although cells were scored
     per_threshold: bool = False  # one score per `--thresholds` event threshold (`csi@1`)
     per_scale: bool = False  # and per `--fss-scales` window size (`fss@1/s5`)
-    # how batches of cases combine (`evaluate/batches.py`): a sum adds up; a mean is weighted by
-    # `weight(...)` (same arguments as `reduce`: what the mean divides by)
-    summed: bool = False
+    # how batches of cases combine (`evaluate/batches.py`): sums add up, maxima and minima take
+    # theirs, a mean is weighted by `weight(...)` (the arguments of `reduce`: what it divides by)
+    pooled: str = MEAN
     weight: Callable[..., xr.DataArray] | None = None
+
+    def __post_init__(self) -> None:
+        if self.reduce is not None and self.pooled == MEAN and self.weight is None:
+            raise ValueError(
+                f"metric {self.name!r}: a mean needs weight= (what it divides by), else give "
+                f"pooled= one of {SUM!r}, {MAX!r}, {MIN!r}"
+            )
 
     def compute(
         self,
@@ -170,9 +178,9 @@ ROWS = (
         in_table=False,
     ),
     Metric(
-        "contingency", ev.contingency, chosen=False, in_table=False, per_threshold=True, summed=True
+        "contingency", ev.contingency, chosen=False, in_table=False, per_threshold=True, pooled=SUM
     ),
-    Metric("fss_sums", ev.fss_sums, chosen=False, in_table=False, per_threshold=True, summed=True),
+    Metric("fss_sums", ev.fss_sums, chosen=False, in_table=False, per_threshold=True, pooled=SUM),
     *(
         Metric(
             name,

@@ -25,13 +25,14 @@ from minconv_cli.evaluate.batches import (
 from minconv_cli.evaluate.cases import CaseSet, overlap_counts
 from minconv_cli.evaluate.error_maps import lazy_error_sums
 from minconv_cli.evaluate.events import Events, split_events
-from minconv_cli.evaluate.metric_table import METRICS
+from minconv_cli.evaluate.metric_table import METRICS, SUM
 from minconv_cli.evaluate.metrics import area_weights
 from minconv_cli.rollout.store import INIT_DIM, MEMBER_DIM, ForecastStore
 
 # runs the one reduction pass: (lazy objects, progress) -> their values (evaluate/cluster.py)
 Compute = Callable[[Sequence[Any], Progress | None], tuple]
-SUMMED = {"count", *(name for name, row in METRICS.items() if row.summed)}
+# how each reduction combines over batches (the others: means, by their weights)
+POOLED = {"count": SUM, **{name: row.pooled for name, row in METRICS.items()}}
 
 
 def compute_here(objs: Sequence[Any], progress: Progress | None) -> tuple:
@@ -68,7 +69,7 @@ def lazy_scores(
         if value is None:
             continue
         out[row.name] = value
-        if pooled and not row.summed:
+        if pooled and row.weight is not None:
             out[f"{row.name}{WEIGHT}"] = row.pooling_weight(scored, truth, clim, space, cases, w)
     return out
 
@@ -134,7 +135,7 @@ def reduce_all(
             )
         parts.append(part)
     if pooled:
-        computed = {k: combine([p[0][k] for p in parts], SUMMED) for k in parts[0][0]}
+        computed = {k: combine([p[0][k] for p in parts], POOLED) for k in parts[0][0]}
     else:
         computed = parts[0][0]
     stages, along = add_up([p[1] for p in parts]), add_up([p[2] for p in parts])
