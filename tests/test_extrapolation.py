@@ -164,3 +164,31 @@ def test_an_init_time_without_enough_regular_past_frames_is_nan_with_a_note(tmp_
     assert has.tolist() == [False, False, True, True]
     assert aligned.persistence["rain_rate"].notnull().all()  # persistence needs no past
     assert any("2 of 4 init times lack 3 frames" in n for n in aligned.overlap["notes"])
+
+
+def test_a_lazy_store_gets_a_lazy_extrapolation_one_task_per_block_with_the_same_scores(tmp_path):
+    pytest.importorskip("pysteps")
+    import dask
+
+    from minconv_cli.evaluate import evaluate
+
+    truth = radar_truth(n_time=16, n=24).drop_isel(time=[9])  # a gap: one init lacks its past
+    truth.to_netcdf(tmp_path / "truth.nc")
+    fc = radar_forecast(radar_truth(n_time=16, n=24), [1, 3, 5, 7, 11, 12], n_leads=3)
+    fc.astype(np.float32).chunk({"time": 1}).to_zarr(tmp_path / "fc.zarr")
+    kw = {"references": "persistence,extrapolation", "metrics_": "rmse,mae"}
+    in_memory = evaluate(tmp_path / "fc.zarr", tmp_path / "truth.nc", **kw)
+    block = 2 * 3 * 24 * 24 * 4  # two init times per block
+    lazy = evaluate(
+        tmp_path / "fc.zarr", tmp_path / "truth.nc", load_below=0, block_bytes=block, **kw
+    )
+    assert lazy.run["lazy"] and not in_memory.run["lazy"]
+    np.testing.assert_allclose(lazy.table.values, in_memory.table.values, rtol=1e-5)
+    assert np.isfinite(lazy.table.sel(forecast="extrapolation", metric="rmse").values).all()
+    assert lazy.overlap == in_memory.overlap and lazy.notes == in_memory.notes
+    aligned = align(
+        open_forecast(tmp_path / "fc.zarr"), open_fields(tmp_path / "truth.nc"), True,
+        load_below=0, with_extrapolation=True, block_bytes=block,
+    )  # fmt: skip
+    ex = aligned.extrapolation["rain_rate"]
+    assert dask.is_dask_collection(ex) and ex.chunks[0] == (2, 2, 2)

@@ -419,7 +419,7 @@ def _blocks(fc: xr.DataArray, store: ForecastStore, block_bytes: int) -> xr.Data
 
 def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases, notes: list[str]):
     """Per variable: the forecast, the truth at its valid times and (if asked) persistence and
-    extrapolation (computed in memory here)."""
+    extrapolation (lazy like the forecast, or in memory)."""
     tds = to_forecast_grid(truth.ds, roles_of(truth), store, pair, cases.lazy).rename(
         {truth.time_dim: TRUTH_TIME}
     )
@@ -440,7 +440,7 @@ def _gather(store: ForecastStore, truth: Fields, pair: str, cases: _Cases, notes
         if "extrapolation" in cases.refs:
             space, axis = (store.y_dim, store.x_dim), (truth.times, truth.time_step)
             ex, missing = extrapolated(
-                src, TRUTH_TIME, space, cases.init_pos, (sub[INIT_DIM], sub[LEAD_DIM]), axis
+                src, TRUTH_TIME, space, cases.init_pos, (sub[INIT_DIM], sub[LEAD_DIM]), axis, fc
             )
             extrapolation[v] = like(ex.transpose(*fc.dims, missing_dims="ignore"), fc)
     if "extrapolation" in cases.refs and missing:

@@ -21,6 +21,7 @@ from minconv_cli.data import timeaxis
 from minconv_cli.rollout.store import INIT_DIM, LEAD_DIM
 
 PAST_FRAMES = 3  # frames the motion is estimated from: the init time's and the two before it
+PAST_DIM = "_past"  # the past frames of an init time, oldest first
 RAIN_THRESHOLD = 0.1  # below this (in the field's units) is no rain for the motion estimate
 NO_RAIN_DB = -15.0  # the dB value of no rain (and of NaN) in the motion estimate, as in pySTEPS
 MISSING = (
@@ -130,34 +131,54 @@ def extrapolated(
     init_pos: np.ndarray,
     cases: tuple[xr.DataArray, xr.DataArray],
     steps: tuple[np.ndarray, Any],
+    like: xr.DataArray | None = None,
 ) -> tuple[xr.DataArray, int]:
     """The extrapolation reference (init, lead, *other dims of `src`, y, x) from the truth `src`
-    on the forecast grid, computed in memory init by init, and the init times left NaN.
+    on the forecast grid, and the number of init times left NaN; lazy, one task per block of init
+    times like `like` when that is lazy (dask), else computed in memory.
 
     `cases`: the init and lead coordinates; `steps`: the truth's times and time step. Each other
     dim (level, sample) is extrapolated on its own; an init time without PAST_FRAMES regular frames
     up to it in the truth is NaN at every lead.
     """
+    from minconv_cli.evaluate.gather import at_positions
+
     inits, leads = cases
     times, step = steps
     n_steps = lead_steps(leads.values, step)
     ready = has_past(times, init_pos, step)
     other = [d for d in src.dims if d != time_dim and d not in space]
-    shape = [src.sizes[d] for d in other]
+    back = np.arange(1 - PAST_FRAMES, 1)
+    pos = xr.DataArray(
+        init_pos[:, None] + back, dims=(INIT_DIM, PAST_DIM), coords={INIT_DIM: inits}
+    )
+    mask = xr.DataArray(ready[:, None] & (pos.values >= 0), dims=pos.dims)
+    in_memory = xr.DataArray(0.0)
+    past = at_positions(src, time_dim, pos, mask, in_memory if like is None else like).transpose(
+        INIT_DIM, PAST_DIM, *other, *space
+    )
     dtype = np.result_type(src.dtype, np.float32)
-    out = np.full((len(init_pos), len(n_steps), *shape, *(src.sizes[d] for d in space)), np.nan)
-    out = out.astype(dtype)
-    for i in np.flatnonzero(ready):
-        p = int(init_pos[i])
-        window = src.isel({time_dim: slice(p - PAST_FRAMES + 1, p + 1)})
-        past = window.transpose(*other, time_dim, *space).values
-        for idx in np.ndindex(*shape):
-            velocity = motion_field(past[idx])
-            out[(i, slice(None), *idx)] = advect(past[idx][-1], velocity, n_steps)
-    dims = (INIT_DIM, LEAD_DIM, *other, *space)
+    if past.chunks is None:
+        data = _nowcasts(past.values, n_steps, dtype)
+    else:
+        chunks = (past.chunks[0], (len(n_steps),), *past.chunks[2:])
+        data = past.data.map_blocks(_nowcasts, n_steps, dtype, chunks=chunks, dtype=dtype)
     coords = {d: src[d] for d in (*other, *space) if d in src.coords}
     coords.update({INIT_DIM: inits, LEAD_DIM: leads})
-    return xr.DataArray(out, dims=dims, coords=coords, attrs=src.attrs), int((~ready).sum())
+    out = xr.DataArray(data, dims=(INIT_DIM, LEAD_DIM, *other, *space), coords=coords)
+    return out.assign_attrs(src.attrs), int((~ready).sum())
+
+
+def _nowcasts(past: np.ndarray, n_steps: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Nowcasts (init, lead, *other, y, x) from the past frames (init, PAST_FRAMES, *other, y, x)
+    (NaN frames where an init time has no past: NaN at every lead)."""
+    out = np.full((past.shape[0], len(n_steps), *past.shape[2:]), np.nan, dtype=dtype)
+    for i in range(past.shape[0]):
+        for idx in np.ndindex(*past.shape[2:-2]):
+            frames = past[(i, slice(None), *idx)]
+            if np.isfinite(frames[-1]).any():
+                out[(i, slice(None), *idx)] = advect(frames[-1], motion_field(frames), n_steps)
+    return out
 
 
 def missing_note(n_missing: int, n_inits: int) -> str:
