@@ -148,3 +148,19 @@ def test_batches_are_cut_at_block_edges_and_hold_about_the_bytes_asked():
     assert init_spans([da], batch_bytes=5 * 16) == [slice(0, 4), slice(4, 8), slice(8, 10)]
     assert init_spans([da], batch_bytes=1) == [slice(i, i + 2) for i in range(0, 10, 2)]
     assert init_spans([da.compute()], batch_bytes=1) == [slice(None)]  # in memory: one pass
+
+
+def test_one_progress_bar_runs_once_from_start_to_end_over_all_batches(stores):
+    seen = []
+    evaluate(
+        stores / "fc.zarr",
+        stores / "truth.nc",
+        references="persistence",
+        metrics_="rmse",
+        load_below=0,
+        block_bytes=INIT_BYTES,
+        batch_bytes=4 * INIT_BYTES,
+        progress=lambda done, total: seen.append(done / total),
+    )
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    assert len({round(f, 3) for f in seen}) > 6  # it moves batch by batch (6 batches)
