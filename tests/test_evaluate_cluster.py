@@ -142,6 +142,25 @@ def test_a_running_scheduler_scores_lazy_blocks_like_the_process(files, schedule
     assert run["memory_limit_bytes"] == 8 * 1024
 
 
+def test_a_running_scheduler_scores_batch_by_batch_what_the_process_scores_in_one_pass(
+    files, scheduler, lazy_here
+):
+    with cluster.dask_engine(scheduler=scheduler) as engine:
+        frames = LEADS * GRID[0] * GRID[1] * 4  # bytes of one init time of one member
+        engine.block_bytes = 2 * frames  # blocks of two init times (one of the ensemble's)
+        engine.batch_bytes = 4 * (1 + 3) * frames  # batches of four init times of both stores
+        batched = engine.evaluate(
+            files / "fc.zarr",
+            files / "truth.nc",
+            compare=[f"ens={files / 'ens.zarr'}"],
+            metrics_=METRICS,
+            **EVENTS,
+        )
+    assert batched.run["batches"] == 3 and batched.run["scheduler"] == scheduler
+    _assert_same_scores(batched.records, lazy_here.records, rel=1e-6)
+    assert batched.overlap == lazy_here.overlap
+
+
 def test_the_progress_bar_counts_every_task_on_the_workers(scheduler):
     import dask.array as da
 
