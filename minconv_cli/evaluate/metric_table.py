@@ -66,23 +66,11 @@ class Metric:
         cases: Sequence,
         weights: xr.DataArray | None,
         events: Events | None = None,
+        weight: bool = False,
     ) -> xr.DataArray | None:
-        """The lazy reduction (None where it does not apply, e.g. no climatology for ACC)."""
-        return self._call(self.reduce, forecast, truth, climatology, space, cases, weights, events)
-
-    def pooling_weight(
-        self,
-        forecast: xr.DataArray,
-        truth: xr.DataArray,
-        climatology: xr.DataArray | None,
-        space: Sequence,
-        cases: Sequence,
-        weights: xr.DataArray | None,
-    ) -> xr.DataArray | None:
-        """The lazy weight of a mean's value (None for sums, and where `compute` gives None)."""
-        return self._call(self.weight, forecast, truth, climatology, space, cases, weights, None)
-
-    def _call(self, fn, forecast, truth, climatology, space, cases, weights, events):  # noqa: ANN001
+        """The lazy reduction, or with `weight` its pooling weight (what a mean divides by); None
+        where it does not apply (e.g. no climatology for ACC) or has none (a sum)."""
+        fn = self.weight if weight else self.reduce
         if fn is None:
             return None
         if self.per_threshold:

@@ -70,7 +70,9 @@ def lazy_scores(
             continue
         out[row.name] = value
         if pooled and row.weight is not None:
-            out[f"{row.name}{WEIGHT}"] = row.pooling_weight(scored, truth, clim, space, cases, w)
+            out[f"{row.name}{WEIGHT}"] = row.compute(
+                scored, truth, clim, space, cases, w, events, weight=True
+            )
     return out
 
 
