@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from minconv_cli.models.spec import ModelRow, ModelSpec
 
 
+# Min kinds whose fused recurrence keeps the conv's bf16 output (CPU, plain layout), measured:
+# peak -7..-9 % for MinConvLSTM and MinConvGRU at no clear cost in time; MinConvExpLSTM's peak
+# (-14..-17 %) is well within the baselines' without it, and its steps were 2-5 % slower with it
+LOW_U_KINDS = ("lstm", "gru")
+
+
 class MinConvCell(nn.Module):
     """h_t = (1 - z_t) h_{t-1} + z_t g(p_t), gates from one conv of the input x_t only.
 
@@ -67,14 +73,19 @@ class MinConvCell(nn.Module):
         self, x: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         T, B = x.shape[:2]
-        u = self.conv(x.reshape(T * B, *x.shape[2:]))  # fp32 also under autocast (GridConv2d)
+        frames = x.reshape(T * B, *x.shape[2:])
+        fused = self.backend in FUSED_BACKENDS
+        if fused and self.kind in MAPS_KINDS and fused_backend(self.backend, x.device) == "fused":
+            # the gate logits, too, in the fused function; for LOW_U_KINDS on the bf16 conv output
+            # as it is (the function saves u: in half the bytes, the same values)
+            conv = self.conv.forward_low if self.kind in LOW_U_KINDS else self.conv
+            u = conv(frames)
+            return _last(maps_recurrence(self.kind, u.view(T, B, *u.shape[1:]), self.hidden, state))
+        u = self.conv(frames)  # fp32 also under autocast (GridConv2d)
         u = u.view(T, B, *u.shape[1:])
-        if self.backend not in FUSED_BACKENDS:
+        if not fused:
             a, b = self.gates(u)
             h = linear_recurrence(a, b, state, dim=0, backend=self.backend)
-        elif self.kind in MAPS_KINDS and fused_backend(self.backend, u.device) == "fused":
-            # the gate logits, too, in the fused function
-            h = maps_recurrence(self.kind, u, self.hidden, state)
         else:
             h = fused_recurrence(self.backend, *self.logits(u), state)
         return h, h[-1]
@@ -94,6 +105,11 @@ class MinConvCell(nn.Module):
 
     def init_state(self, batch: int, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
         return like.new_zeros(batch, self.hidden, *grid)
+
+
+def _last(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, state) of a sequence: the state is its last frame."""
+    return h, h[-1]
 
 
 class _StepwiseCell(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from minconv_cli.models.gates import UPDATE_GATES
+from minconv_cli.models.gates import UPDATE_GATES, candidate_grad
 
 # the update gates (`gates.UPDATE_GATES`) whose logit derivative `_logit_grads` knows; a new gate
 # runs through `gates.gated_recurrence` with its logit under autograd until it is added here
@@ -35,8 +35,9 @@ def maps_recurrence(
         raise ValueError(
             f"maps_recurrence: expected {maps * hidden} channels ({maps} x {hidden}), got {u.shape[2]}"
         )
-    if h0 is not None and h0.dtype != u.dtype:  # a float32 state under autocast, differentiably
-        h0 = h0.to(u.dtype)
+    work = torch.promote_types(u.dtype, torch.float32)  # a bf16 conv output: fp32 arithmetic
+    if h0 is not None and h0.dtype != work:  # differentiably
+        h0 = h0.to(work)
     return _MapsRecurrence.apply(u, h0, kind, hidden)
 
 
@@ -57,7 +58,9 @@ class _MapsRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, h0, kind, hidden):  # type: ignore[override]
-        gates = u.split(hidden, dim=2)
+        # a bf16 u (the conv's own output) is kept as it is, half the bytes of its fp32 copy,
+        # and upcast block by block in backward: the same values
+        gates = u.to(torch.promote_types(u.dtype, torch.float32)).split(hidden, dim=2)
         z = _update(kind, list(gates[:-1]))
         p = gates[-1]
         h = torch.sigmoid(p)
@@ -77,7 +80,7 @@ class _MapsRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_h):  # type: ignore[override]
         u, h, h0, z = ctx.saved_tensors
-        grad_u = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+        grad_u = torch.empty(u.shape, dtype=h.dtype, device=u.device)
         # G_t = dL/dh_t including the future: G_t = grad_h_t + a_{t+1} G_{t+1}, run in blocks of
         # frames from the end, so that the gate gradients' temporaries are a block's, not the
         # chunk's; (a, G) of a block's first frame carry to the block before it
@@ -87,11 +90,12 @@ class _MapsRecurrence(torch.autograd.Function):
         for t0 in reversed(range(0, T, block)):
             t1 = min(t0 + block, T)
             before = h[t0 - 1] if t0 else (h0 if ctx.has_h0 else None)
+            u_block = u[t0:t1].to(h.dtype)
             carry = _block_grads(
-                ctx, u[t0:t1], h[t0:t1], before, z[t0:t1], grad_h[t0:t1], grad_u[t0:t1], carry
+                ctx, u_block, h[t0:t1], before, z[t0:t1], grad_h[t0:t1], grad_u[t0:t1], carry
             )
         grad_h0 = carry[0] * carry[1] if ctx.has_h0 else None
-        return grad_u, grad_h0, None, None
+        return grad_u.to(u.dtype), grad_h0, None, None
 
 
 # elements of one hidden map per block of frames in backward (at 64x64 B4 w40 one frame)
@@ -126,7 +130,7 @@ def _block_grads(ctx, u, h, before, z, grad_h, grad_u, carry):
     into = {"gru": slots[0], "explstm": slots[-2]}.get(ctx.kind, step)
     grad_s = torch.mul(step, gz, out=into).mul_(keep)
     del keep, step
-    torch.where(p >= 0, gz, sp.addcmul_(sp, sp, value=-1).mul_(gz), out=slots[-1])
+    candidate_grad(sp, p, gz, out=slots[-1])
     del sp, gz
     _logit_grads(ctx.kind, grad_s, gates[:-1], slots[:-1])
     return carry

@@ -25,6 +25,17 @@ def g(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.sigmoid(x), x + 0.5)
 
 
+def candidate_grad(
+    sp: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """grad * g'(p), with sp = sigmoid(p) (overwritten): g' = max(sp (1 - sp), [p >= 0]), since
+    sp (1 - sp) <= 1/4; the step [p >= 0] (1 at -0 too) as clamp(sign(p) + 1, max=1), because
+    where() and comparisons run 5-20x slower than arithmetic on the CPU (docs/models.md)."""
+    slope = sp.addcmul_(sp, sp, value=-1)
+    torch.maximum(slope, torch.sign(p).add_(1).clamp_max_(1), out=slope)
+    return torch.mul(slope, grad, out=out) if out is not None else slope.mul_(grad)
+
+
 class UpdateGate(NamedTuple):
     """How a Min cell kind forms its update logit: from how many gate maps of its conv output
     (the candidate's map comes after them), and the logit of those maps."""
@@ -160,5 +171,5 @@ class _GatedRecurrence(torch.autograd.Function):
         grad_h0 = keep[0] * grad[0] if ctx.has_h0 else None
         gz = grad.mul_(z)
         grad_s = step.mul_(gz).mul_(keep)
-        grad_p = torch.where(p >= 0, gz, sp.addcmul_(sp, sp, value=-1).mul_(gz))
+        grad_p = candidate_grad(sp, p, gz)
         return grad_s, grad_p, grad_h0

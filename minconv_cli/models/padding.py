@@ -8,6 +8,11 @@ from torch import nn
 
 from minconv_cli.models.spec import CYLINDER_PADS, PADDINGS
 
+# frames of at least this many grid cells run the CPU's bf16 convolution in the standard layout
+# (oneDNN reorders inside; aten's layout-changing copies of the wide conv outputs cost more):
+# 4-14 % faster Min steps at 64x64 and 128x128, slower MinConvGRU at 16x16 (docs/models.md)
+CPU_PLAIN_LAYOUT_CELLS = 64 * 64
+
 
 class GridConv2d(nn.Conv2d):
     """A "same"-size 2-D convolution with `zeros`, `circular` or `cylinder` padding.
@@ -45,13 +50,28 @@ class GridConv2d(nn.Conv2d):
             return super().forward(self.pad(x))
         # Under autocast: pad the narrow copy, run the convolution channels-last (the layout the
         # bf16 kernels of oneDNN and cuDNN use natively, so no reorders around the call) and hand
-        # back float32 in the standard layout in one copy, for the fp32 gates and recurrence.
+        # back float32 in the standard layout in one copy, for the fp32 gates and recurrence;
+        # large frames on the CPU stay in the standard layout throughout (see above).
         low = torch.get_autocast_dtype(kind)
+        if self._plain_layout(x):
+            return super().forward(self.pad(x.to(low))).float()
         if self.halo and self.grid_padding != "zeros":
             x = self.pad(x.to(low)).contiguous(memory_format=torch.channels_last)
         else:
             x = x.to(low, memory_format=torch.channels_last)
         return super().forward(x).to(torch.float32, memory_format=torch.contiguous_format)
+
+    def forward_low(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward`, but the CPU's plain-layout bf16 output as it is, not its fp32 copy (for a
+        consumer that saves it: half the bytes, the same values); elsewhere `forward`."""
+        if not (torch.is_autocast_enabled(x.device.type) and self._plain_layout(x)):
+            return self(x)  # through __call__: the module's hooks see it
+        return super().forward(self.pad(x.to(torch.get_autocast_dtype(x.device.type))))
+
+    @staticmethod
+    def _plain_layout(x: torch.Tensor) -> bool:
+        """Whether a bf16 convolution of x runs in the standard layout (large CPU frames)."""
+        return x.device.type == "cpu" and x.shape[-2] * x.shape[-1] >= CPU_PLAIN_LAYOUT_CELLS
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """x with its halo of `grid_padding` (unchanged for `zeros`: the convolution pads those)."""
