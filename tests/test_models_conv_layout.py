@@ -48,3 +48,13 @@ def test_plain_layout_matches_fp32_convolution() -> None:
         conv.pad(x.bfloat16().float()), conv.weight.bfloat16().float(), conv.bias
     )
     torch.testing.assert_close(y, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_the_layout_is_plain_for_large_frames_in_training_and_for_many_of_them_in_inference():
+    plain = GridConv2d._plain_layout
+    small, large = torch.empty(64, 3, 32, 32), torch.empty(4, 3, 64, 64)
+    assert not plain(small) and plain(large)  # autograd on: by frame size
+    with torch.no_grad():
+        assert not plain(large)  # a rollout step of 4 frames: channels-last
+        assert plain(torch.empty(16, 3, 64, 64)) and plain(torch.empty(1, 3, 256, 256))
+        assert not plain(torch.empty(1000, 3, 32, 32))  # small frames never

@@ -12,6 +12,9 @@ from minconv_cli.models.spec import CYLINDER_PADS, PADDINGS
 # (oneDNN reorders inside; aten's layout-changing copies of the wide conv outputs cost more):
 # 4-14 % faster Min steps at 64x64 and 128x128, slower MinConvGRU at 16x16 (docs/models.md)
 CPU_PLAIN_LAYOUT_CELLS = 64 * 64
+# without autograd (rollout) a few such frames at a time, fewer cells than this in all, run
+# faster channels-last: 64x64 B4 closed-loop steps 77-82 against 85-91 frames/s (docs/models.md)
+CPU_PLAIN_INFERENCE_CELLS = 16 * 64 * 64
 
 
 class GridConv2d(nn.Conv2d):
@@ -70,8 +73,12 @@ class GridConv2d(nn.Conv2d):
 
     @staticmethod
     def _plain_layout(x: torch.Tensor) -> bool:
-        """Whether a bf16 convolution of x runs in the standard layout (large CPU frames)."""
-        return x.device.type == "cpu" and x.shape[-2] * x.shape[-1] >= CPU_PLAIN_LAYOUT_CELLS
+        """Whether a bf16 convolution of x runs in the standard layout (large CPU frames; without
+        autograd, many of them)."""
+        cells = x.shape[-2] * x.shape[-1]
+        if x.device.type != "cpu" or cells < CPU_PLAIN_LAYOUT_CELLS:
+            return False
+        return torch.is_grad_enabled() or x.shape[0] * cells >= CPU_PLAIN_INFERENCE_CELLS
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """x with its halo of `grid_padding` (unchanged for `zeros`: the convolution pads those)."""
