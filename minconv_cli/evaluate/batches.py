@@ -4,8 +4,9 @@ graph, the batches' reductions then combined into the whole's.
 One graph over a whole archive store grows with it (about 0.1-0.2 MB per MB of forecast in the
 process that schedules it: tasks, keys, the per-block partial sums), so no memory limit holds for
 every store size. A batch's graph is bounded instead. Every reduction is a sum or a mean with a
-weight (`metric_table.Metric.summed` / `.weight`): sums add up, means combine as the sum of
-value x weight over the sum of weights, which is the mean over all cases to float round-off.
+weight (`metric_table.Metric.pooled` / `.weight`): sums add up, maxima and minima take theirs,
+means combine as the sum of value x weight over the sum of weights, which is the mean over all
+cases to float round-off.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from minconv_cli.core.files import Progress
+from minconv_cli.evaluate.metric_table import MAX, MEAN, MIN, SUM
 from minconv_cli.rollout.store import INIT_DIM
 
 WEIGHT = "_weight"  # suffix of a mean's weight among a batch's reductions
@@ -24,7 +26,8 @@ BATCH_BYTES = 2**30  # forecast bytes per batch when no memory limit sets it
 
 def init_spans(arrays: Sequence[xr.DataArray], batch_bytes: int) -> list[slice]:
     """Positions of init times in batches of about `batch_bytes` of these arrays, cut at their
-    dask chunks along the init dim (no block is read twice); one span when they are in memory."""
+    dask chunks along the init dim (no block is read twice); one span when they are in memory
+    (or disagree on the init times)."""
     lazy = [a for a in arrays if a.chunks is not None and INIT_DIM in a.dims]
     if not lazy:
         return [slice(None)]
@@ -51,16 +54,16 @@ def take_init(x: xr.DataArray, span: slice) -> xr.DataArray:
 
 def combine(parts: Sequence[xr.Dataset], pooled: Mapping[Hashable, str]) -> xr.Dataset:
     """The reductions of all cases from those of the batches: each variable as `pooled` says
-    ("sum", "max", "min"), else a mean weighted by its `NAME_weight` variable."""
+    (SUM, MAX, MIN), else a mean weighted by its `NAME_weight` variable."""
     out = {}
     for name in parts[0].data_vars:
         if str(name).endswith(WEIGHT):
             continue
         values = [p[name] for p in parts]
-        how = pooled.get(name, "mean")
-        if how == "sum":
+        how = pooled.get(name, MEAN)
+        if how == SUM:
             out[name] = sum(values[1:], values[0])
-        elif how in ("max", "min"):
+        elif how in (MAX, MIN):
             out[name] = getattr(xr.concat(values, "batch"), how)("batch", skipna=True)
         else:
             out[name] = _weighted([(p[name], p[f"{name}{WEIGHT}"]) for p in parts])

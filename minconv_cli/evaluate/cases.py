@@ -48,15 +48,11 @@ class CaseSet:
 
     def take(self, span: slice) -> CaseSet:
         """The cases of the init times `span` (their positions); the fixed counts stay."""
-
-        def cut(x: xr.DataArray) -> xr.DataArray:
-            return take_init(x, span)
-
         return CaseSet(
-            {k: cut(x) for k, x in self.forecast.items()},
-            {k: cut(x) for k, x in self.truth.items()},
-            {k: cut(x) for k, x in self.references.items()},
-            {n: {s: cut(m) for s, m in stages.items()} for n, stages in self.alive.items()},
+            {k: take_init(x, span) for k, x in self.forecast.items()},
+            {k: take_init(x, span) for k, x in self.truth.items()},
+            {k: take_init(x, span) for k, x in self.references.items()},
+            {n: {s: take_init(m, span) for s, m in st.items()} for n, st in self.alive.items()},
             self.fixed,
         )
 

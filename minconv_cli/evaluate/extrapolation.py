@@ -18,6 +18,7 @@ import xarray as xr
 
 from minconv_cli.core.errors import MinconvError
 from minconv_cli.data import timeaxis
+from minconv_cli.evaluate.gather import at_positions
 from minconv_cli.rollout.store import INIT_DIM, LEAD_DIM
 
 PAST_FRAMES = 3  # frames the motion is estimated from: the init time's and the two before it
@@ -141,8 +142,6 @@ def extrapolated(
     dim (level, sample) is extrapolated on its own; an init time without PAST_FRAMES regular frames
     up to it in the truth is NaN at every lead.
     """
-    from minconv_cli.evaluate.gather import at_positions
-
     inits, leads = cases
     times, step = steps
     n_steps = lead_steps(leads.values, step)

@@ -126,8 +126,10 @@ def reduce_all(
     pooled, parts = len(spans) > 1, []
     case_dims = (INIT_DIM, *aligned[0].store.sample_dims)
     for i, span in enumerate(spans):
-        sub = cases.take(span) if pooled else cases
-        clim = None if clim_at is None else {v: take_init(c, span) for v, c in clim_at.items()}
+        sub, clim = cases, clim_at
+        if pooled:
+            sub = cases.take(span)
+            clim = None if clim_at is None else {v: take_init(c, span) for v, c in clim_at.items()}
         lazy = _lazy_batch(aligned, sub, clim, wanted, events, pooled)
         sums = lazy_error_sums(sub.forecast, sub.truth, case_dims) if maps else {}
         with warnings.catch_warnings():

@@ -75,15 +75,17 @@ class MinConvCell(nn.Module):
         T, B = x.shape[:2]
         frames = x.reshape(T * B, *x.shape[2:])
         fused = self.backend in FUSED_BACKENDS
-        if fused and self.kind in MAPS_KINDS and fused_backend(self.backend, x.device) == "fused":
-            # the gate logits, too, in the fused function; for LOW_U_KINDS on the bf16 conv output
-            # as it is (the function saves u: in half the bytes, the same values)
-            conv = self.conv.forward_low if self.kind in LOW_U_KINDS else self.conv
-            u = conv(frames)
-            return _last(maps_recurrence(self.kind, u.view(T, B, *u.shape[1:]), self.hidden, state))
-        u = self.conv(frames)  # fp32 also under autocast (GridConv2d)
+        maps = (
+            fused and self.kind in MAPS_KINDS and fused_backend(self.backend, x.device) == "fused"
+        )
+        # fp32 also under autocast (GridConv2d); for the fused maps of LOW_U_KINDS the bf16 output
+        # as it is (the function saves u: in half the bytes, the same values)
+        conv = self.conv.forward_low if maps and self.kind in LOW_U_KINDS else self.conv
+        u = conv(frames)
         u = u.view(T, B, *u.shape[1:])
-        if not fused:
+        if maps:  # the gate logits, too, in the fused function
+            h = maps_recurrence(self.kind, u, self.hidden, state)
+        elif not fused:
             a, b = self.gates(u)
             h = linear_recurrence(a, b, state, dim=0, backend=self.backend)
         else:
@@ -105,11 +107,6 @@ class MinConvCell(nn.Module):
 
     def init_state(self, batch: int, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
         return like.new_zeros(batch, self.hidden, *grid)
-
-
-def _last(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, state) of a sequence: the state is its last frame."""
-    return h, h[-1]
 
 
 class _StepwiseCell(nn.Module):

@@ -55,9 +55,9 @@ class GridConv2d(nn.Conv2d):
         # bf16 kernels of oneDNN and cuDNN use natively, so no reorders around the call) and hand
         # back float32 in the standard layout in one copy, for the fp32 gates and recurrence;
         # large frames on the CPU stay in the standard layout throughout (see above).
-        low = torch.get_autocast_dtype(kind)
         if self._plain_layout(x):
-            return super().forward(self.pad(x.to(low))).float()
+            return self._plain_low(x).float()
+        low = torch.get_autocast_dtype(kind)
         if self.halo and self.grid_padding != "zeros":
             x = self.pad(x.to(low)).contiguous(memory_format=torch.channels_last)
         else:
@@ -69,6 +69,10 @@ class GridConv2d(nn.Conv2d):
         consumer that saves it: half the bytes, the same values); elsewhere `forward`."""
         if not (torch.is_autocast_enabled(x.device.type) and self._plain_layout(x)):
             return self(x)  # through __call__: the module's hooks see it
+        return self._plain_low(x)
+
+    def _plain_low(self, x: torch.Tensor) -> torch.Tensor:
+        """The autocast dtype's convolution of x in the standard layout, in that dtype."""
         return super().forward(self.pad(x.to(torch.get_autocast_dtype(x.device.type))))
 
     @staticmethod
