@@ -2,6 +2,9 @@
 (`gated_recurrence` of the cell's logits) in values and gradients; models on the fused backend
 equal the explicit-gates scan, in fp32 and under bf16 autocast."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -85,3 +88,28 @@ def test_models_on_the_fused_backend_equal_the_explicit_gates_scan(name, precisi
     tol = {"rtol": 1e-2, "atol": 1e-5} if precision == "bf16" else {"rtol": 1e-4, "atol": 1e-6}
     for a, b in zip(got[0][1], got[1][1], strict=True):
         torch.testing.assert_close(a, b, **tol)
+
+
+def _allocations(fn, trace: Path) -> list[int]:
+    """The byte sizes of the blocks `fn()` allocates, in order (torch's profiler trace, CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    prof.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+    memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    return [e["args"]["Bytes"] for e in memory if e["args"]["Bytes"] > 0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_forward_allocates_map_sized_blocks_only(kind: str, tmp_path: Path) -> None:
+    """From a bf16 conv output the forward upcasts one map at a time: z and h, and at most two
+    map-sized temporaries; no fp32 copy of the whole u, no logsigmoid buffers (blocks of one
+    size keep a step's heap compact: 3.3 GB of holes at 128x128 before, docs/models.md)."""
+    maps = 2 if kind == "gru" else 3
+    u = torch.randn(1, 4, maps * 16, 32, 32).bfloat16().requires_grad_()
+    one_map = 4 * 16 * 32 * 32 * 4  # an fp32 map of a frame
+    sizes = [s for s in _allocations(lambda: maps_recurrence(kind, u, 16, None), tmp_path / "trace.json") if s >= 1024]
+    assert max(sizes) <= one_map
+    assert sum(sizes) <= 4 * one_map

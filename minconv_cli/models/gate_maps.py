@@ -3,16 +3,15 @@ autograd function (what `MinConvCell.sequence` runs for the CPU `fused` backend)
 
 `gates.gated_recurrence(s, p, h0)` takes the logit s and the candidate map p that the gate
 arithmetic made from the conv output u. Through autograd, that arithmetic saves its own inputs,
-outputs and buffers (LSTM: logsigmoid's two buffers and s, 3 maps per frame beside u and h), and
-u's gradient is assembled by a cat of its slices' gradients. `maps_recurrence(kind, u, hidden, h0)`
-computes the same h from u, saves u and h (and z for the LSTM gate, whose logsigmoids are dear to
+outputs and buffers (LSTM: two softplus maps and s, 3 maps per frame beside u and h), and u's
+gradient is assembled by a cat of its slices' gradients. `maps_recurrence(kind, u, hidden, h0)`
+computes the same h from u, saves u and h (and z for the LSTM gate, whose softpluses are dear to
 recompute) and writes u's gradient slice by slice into one buffer.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from minconv_cli.models.gates import UPDATE_GATES, candidate_grad
@@ -41,14 +40,22 @@ def maps_recurrence(
     return _MapsRecurrence.apply(u, h0, kind, hidden)
 
 
-def _update(kind: str, gates: list[torch.Tensor]) -> torch.Tensor:
-    """z = sigmoid(s) with the ops (so the values) of `gates.UPDATE_GATES`, in new memory."""
+def _update(kind: str, gates: list[torch.Tensor], work: torch.dtype) -> torch.Tensor:
+    """z = sigmoid(s) from the update gate's maps (of any dtype), computed in `work` in new
+    memory with at most one map-sized temporary: the fewer and more alike the blocks a layer
+    allocates, the less the heap fragments (docs/models.md, "Third pass")."""
+    z = gates[-1].to(work, copy=True)  # gru: k; lstm, explstm: i
     if kind == "gru":
-        return torch.sigmoid(gates[0])
-    f, i = gates
-    if kind == "lstm":
-        return F.logsigmoid(i).sub_(F.logsigmoid(f)).sigmoid_()
-    return torch.sub(i, f).sigmoid_()
+        return z.sigmoid_()
+    if kind == "explstm":
+        return z.sub_(gates[0]).sigmoid_()
+    # lstm: s = logsigmoid(i) - logsigmoid(f) = softplus(-f) - softplus(-i), softplus(x) =
+    # logaddexp(x, 0) (in place, where F.logsigmoid allocates its output and a buffer)
+    zero = z.new_zeros(())
+    torch.logaddexp(z.neg_(), zero, out=z)
+    f = gates[0].to(work, copy=True).neg_()
+    torch.logaddexp(f, zero, out=f)
+    return torch.sub(f, z, out=z).sigmoid_()
 
 
 class _MapsRecurrence(torch.autograd.Function):
@@ -59,12 +66,14 @@ class _MapsRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, h0, kind, hidden):  # type: ignore[override]
         # a bf16 u (the conv's own output) is kept as it is, half the bytes of its fp32 copy,
-        # and upcast block by block in backward: the same values
-        gates = u.to(torch.promote_types(u.dtype, torch.float32)).split(hidden, dim=2)
-        z = _update(kind, list(gates[:-1]))
-        p = gates[-1]
-        h = torch.sigmoid(p)
-        torch.maximum(h, p + 0.5, out=h)  # g(p), then h in its place
+        # and upcast block by block in backward: the same values; each map is upcast on its own
+        work = torch.promote_types(u.dtype, torch.float32)
+        gates = u.split(hidden, dim=2)
+        z = _update(kind, list(gates[:-1]), work)
+        h = gates[-1].to(work, copy=True)
+        sp = torch.sigmoid(h)
+        torch.maximum(sp, h.add_(0.5), out=h)  # g(p), then h in its place
+        del sp
         if h0 is None:
             h[0].mul_(z[0])
         else:
@@ -107,7 +116,7 @@ def _block_grads(ctx, u, h, before, z, grad_h, grad_u, carry):
     `before`: h of the frame before the block (h0 before the first, None without one)."""
     gates = u.split(ctx.hidden, dim=2)
     if ctx.kind != "lstm":
-        z = _update(ctx.kind, list(gates[:-1]))
+        z = _update(ctx.kind, list(gates[:-1]), h.dtype)
     keep = 1 - z  # a_t
     grad = torch.empty(h.shape, dtype=h.dtype, device=h.device)
     if carry is None:

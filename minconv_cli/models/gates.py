@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
@@ -49,8 +48,9 @@ def _gru_logit(gates: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _lstm_logit(gates: list[torch.Tensor]) -> torch.Tensor:
-    f, i = gates
-    return F.logsigmoid(i) - F.logsigmoid(f)  # = softplus(-f) - softplus(-i)
+    f, i = gates  # logsigmoid(i) - logsigmoid(f) = softplus(-f) - softplus(-i), exact for any f, i
+    zero = f.new_zeros(())
+    return torch.logaddexp(-f, zero) - torch.logaddexp(-i, zero)
 
 
 def _explstm_logit(gates: list[torch.Tensor]) -> torch.Tensor:
