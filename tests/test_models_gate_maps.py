@@ -110,6 +110,10 @@ def test_the_forward_allocates_map_sized_blocks_only(kind: str, tmp_path: Path) 
     maps = 2 if kind == "gru" else 3
     u = torch.randn(1, 4, maps * 16, 32, 32).bfloat16().requires_grad_()
     one_map = 4 * 16 * 32 * 32 * 4  # an fp32 map of a frame
-    sizes = [s for s in _allocations(lambda: maps_recurrence(kind, u, 16, None), tmp_path / "trace.json") if s >= 1024]
+    sizes = [
+        s
+        for s in _allocations(lambda: maps_recurrence(kind, u, 16, None), tmp_path / "trace.json")
+        if s >= 1024
+    ]
     assert max(sizes) <= one_map
     assert sum(sizes) <= 4 * one_map

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from minconv_cli.models.gate_kernels import compiled_forward_gates, compiled_frame_grads, wanted
 from minconv_cli.models.gates import UPDATE_GATES, candidate_grad
 
 # the update gates (`gates.UPDATE_GATES`) whose logit derivative `_logit_grads` knows; a new gate
@@ -37,7 +38,7 @@ def maps_recurrence(
     work = torch.promote_types(u.dtype, torch.float32)  # a bf16 conv output: fp32 arithmetic
     if h0 is not None and h0.dtype != work:  # differentiably
         h0 = h0.to(work)
-    return _MapsRecurrence.apply(u, h0, kind, hidden)
+    return _MapsRecurrence.apply(u, h0, kind, hidden, wanted(u))
 
 
 def _update(kind: str, gates: list[torch.Tensor], work: torch.dtype) -> torch.Tensor:
@@ -64,23 +65,25 @@ class _MapsRecurrence(torch.autograd.Function):
     into one gradient of u."""
 
     @staticmethod
-    def forward(ctx, u, h0, kind, hidden):  # type: ignore[override]
+    def forward(ctx, u, h0, kind, hidden, compiled):  # type: ignore[override]
         # a bf16 u (the conv's own output) is kept as it is, half the bytes of its fp32 copy,
         # and upcast block by block in backward: the same values; each map is upcast on its own
-        work = torch.promote_types(u.dtype, torch.float32)
         gates = u.split(hidden, dim=2)
-        z = _update(kind, list(gates[:-1]), work)
-        h = gates[-1].to(work, copy=True)
-        sp = torch.sigmoid(h)
-        torch.maximum(sp, h.add_(0.5), out=h)  # g(p), then h in its place
-        del sp
+        if compiled:
+            z, h = compiled_forward_gates(kind, list(gates[:-1]), gates[-1])
+        else:
+            z = _update(kind, list(gates[:-1]), torch.promote_types(u.dtype, torch.float32))
+            h = gates[-1].to(z.dtype, copy=True)
+            sp = torch.sigmoid(h)
+            torch.maximum(sp, h.add_(0.5), out=h)  # g(p), then h in its place
+            del sp
         if h0 is None:
             h[0].mul_(z[0])
         else:
             torch.lerp(h0, h[0], z[0], out=h[0])
         for t in range(1, h.shape[0]):
             torch.lerp(h[t - 1], h[t], z[t], out=h[t])
-        ctx.kind, ctx.hidden, ctx.has_h0 = kind, hidden, h0 is not None
+        ctx.kind, ctx.hidden, ctx.has_h0, ctx.compiled = kind, hidden, h0 is not None, compiled
         saved_z = z if kind == "lstm" else h  # h: a placeholder, never read
         ctx.save_for_backward(u, h, h0 if h0 is not None else h, saved_z)
         return h
@@ -89,6 +92,8 @@ class _MapsRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_h):  # type: ignore[override]
         u, h, h0, z = ctx.saved_tensors
+        if ctx.compiled:
+            return (*_compiled_grads(ctx, u, h, h0, z, grad_h), None, None, None)
         grad_u = torch.empty(u.shape, dtype=h.dtype, device=u.device)
         # G_t = dL/dh_t including the future: G_t = grad_h_t + a_{t+1} G_{t+1}, run in blocks of
         # frames from the end, so that the gate gradients' temporaries are a block's, not the
@@ -104,7 +109,26 @@ class _MapsRecurrence(torch.autograd.Function):
                 ctx, u_block, h[t0:t1], before, z[t0:t1], grad_h[t0:t1], grad_u[t0:t1], carry
             )
         grad_h0 = carry[0] * carry[1] if ctx.has_h0 else None
-        return grad_u.to(u.dtype), grad_h0, None, None
+        return grad_u.to(u.dtype), grad_h0, None, None, None
+
+
+def _compiled_grads(ctx, u, h, h0, z, grad_h):
+    """(u's gradient, h0's) frame by frame from the end through `gate_kernels.frame_grads`,
+    which folds the adjoint step G_t = dL/dh_t + a_{t+1} G_{t+1} into the gate gradients."""
+    T = h.shape[0]
+    gates = u.split(ctx.hidden, dim=2)
+    zeros = torch.zeros_like(h[0])
+    carry, grad_u = zeros, None if T == 1 else torch.empty_like(u)
+    for t in reversed(range(T)):
+        prev = h[t - 1] if t else (h0 if ctx.has_h0 else zeros)
+        frame, carry = compiled_frame_grads(
+            ctx.kind, [g[t] for g in gates[:-1]], gates[-1][t], prev, grad_h[t], carry, z[t]
+        )
+        if grad_u is None:
+            grad_u = frame.unsqueeze(0)
+        else:
+            grad_u[t].copy_(frame)
+    return grad_u, carry if ctx.has_h0 else None
 
 
 # elements of one hidden map per block of frames in backward (at 64x64 B4 w40 one frame)

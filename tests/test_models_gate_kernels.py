@@ -1,0 +1,68 @@
+"""The compiled gate kernels of large frames (`gate_kernels`) give the eager fused recurrence's
+numbers; where compiling fails they run eagerly, with one warning."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from minconv_cli.models import gate_kernels
+from minconv_cli.models.gate_maps import maps_recurrence
+
+HIDDEN = 3
+
+
+def run(kind: str, u: torch.Tensor, h0: torch.Tensor, weight: torch.Tensor):
+    """h and the gradients of u and h0 of `(h * weight).sum()`."""
+    u = u.clone().requires_grad_(True)
+    h0 = h0.clone().requires_grad_(True)
+    h = maps_recurrence(kind, u, HIDDEN, h0)
+    return (h, *torch.autograd.grad((h * weight).sum(), (u, h0)))
+
+
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="inductor needs a C++ compiler"
+)
+@pytest.mark.parametrize("kind", ["gru", "lstm", "explstm"])
+def test_compiled_kernels_give_the_eager_numbers(kind: str, monkeypatch) -> None:
+    """bf16 conv output, 2 frames, a state: h (fp32) and h0's gradient to fp32 rounding, u's
+    gradient (rounded to bf16, as the conv receives it) equal within one bf16 rounding."""
+    monkeypatch.setattr(gate_kernels, "COMPILE_CELLS", 8 * 8)
+    torch.manual_seed(0)
+    maps = 2 if kind == "gru" else 3
+    u = (torch.randn(2, 2, maps * HIDDEN, 8, 8) * 3).bfloat16()
+    h0, weight = torch.randn(2, HIDDEN, 8, 8), torch.randn(2, 2, HIDDEN, 8, 8)
+    assert gate_kernels.wanted(u)
+    compiled = run(kind, u, h0, weight)
+    monkeypatch.setenv("MINCONV_COMPILE", "0")
+    assert not gate_kernels.wanted(u)
+    eager = run(kind, u, h0, weight)
+    assert not gate_kernels.compiled_frame_grads.failed
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compiled[1].float(), eager[1].float(), rtol=1e-2, atol=1e-5)
+    torch.testing.assert_close(compiled[2], eager[2], rtol=1e-5, atol=1e-6)
+
+
+def test_frames_below_the_threshold_or_without_autograd_stay_eager() -> None:
+    big = torch.empty(1, 1, 2, 128, 128)
+    assert gate_kernels.wanted(big)
+    assert not gate_kernels.wanted(torch.empty(1, 1, 2, 64, 128))
+    with torch.no_grad():
+        assert not gate_kernels.wanted(big)
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning(monkeypatch) -> None:
+    """A C++ compiler that does not exist: one RuntimeWarning, then the eager function's result."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
+    kernel = gate_kernels._Kernel(gate_kernels.forward_gates)
+    gates, p = [torch.randn(1, 2, 3, 4, 4)], torch.randn(1, 2, 3, 4, 4)
+    with pytest.warns(RuntimeWarning, match="running them eagerly"):
+        z, cand = kernel("gru", gates, p)
+    assert kernel.failed
+    torch.testing.assert_close(z, torch.sigmoid(gates[0]))
+    torch.testing.assert_close(cand, torch.maximum(torch.sigmoid(p), p + 0.5))
