@@ -21,6 +21,11 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 TEST_DEVICE = os.environ.get("MINCONV_TEST_DEVICE")
 
+# The compiled gate kernels of large frames (models/gate_kernels.py) cost 20-40 s of compiling
+# per gate kind and dtype: tests/test_models_gate_kernels.py turns them on and checks them, the
+# rest of the suite (and the processes it starts) runs the same arithmetic eagerly.
+os.environ.setdefault("MINCONV_COMPILE", "0")
+
 
 @pytest.fixture(autouse=True)
 def _own_working_directory(tmp_path, monkeypatch):

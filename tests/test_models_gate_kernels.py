@@ -30,6 +30,7 @@ def test_compiled_kernels_give_the_eager_numbers(kind: str, monkeypatch) -> None
     """bf16 conv output, 2 frames, a state: h (fp32) and h0's gradient to fp32 rounding, u's
     gradient (rounded to bf16, as the conv receives it) equal within one bf16 rounding."""
     monkeypatch.setattr(gate_kernels, "COMPILE_CELLS", 8 * 8)
+    monkeypatch.setenv("MINCONV_COMPILE", "1")
     torch.manual_seed(0)
     maps = 2 if kind == "gru" else 3
     u = (torch.randn(2, 2, maps * HIDDEN, 8, 8) * 3).bfloat16()
@@ -45,12 +46,16 @@ def test_compiled_kernels_give_the_eager_numbers(kind: str, monkeypatch) -> None
     torch.testing.assert_close(compiled[2], eager[2], rtol=1e-5, atol=1e-6)
 
 
-def test_frames_below_the_threshold_or_without_autograd_stay_eager() -> None:
-    big = torch.empty(1, 1, 2, 128, 128)
+def test_frames_below_the_threshold_or_without_autograd_stay_eager(monkeypatch) -> None:
+    monkeypatch.setenv("MINCONV_COMPILE", "1")
+    cells = gate_kernels.COMPILE_CELLS
+    big = torch.empty(1, 1, 2, 1, cells)
     assert gate_kernels.wanted(big)
-    assert not gate_kernels.wanted(torch.empty(1, 1, 2, 64, 128))
+    assert not gate_kernels.wanted(torch.empty(1, 1, 2, 1, cells - 1))
     with torch.no_grad():
         assert not gate_kernels.wanted(big)
+    monkeypatch.setenv("MINCONV_COMPILE", "0")
+    assert not gate_kernels.wanted(big)
 
 
 def test_a_failing_compiler_falls_back_to_eager_with_one_warning(monkeypatch) -> None:
@@ -66,3 +71,27 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_warning(monkeypatch) ->
     assert kernel.failed
     torch.testing.assert_close(z, torch.sigmoid(gates[0]))
     torch.testing.assert_close(cand, torch.maximum(torch.sigmoid(p), p + 0.5))
+
+
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="inductor needs a C++ compiler"
+)
+def test_a_model_trains_through_the_kernels_like_eager(monkeypatch) -> None:
+    """A MinConvLSTM under bf16 (teacher-forced chunks and closed-loop steps): loss and parameter
+    gradients of the compiled kernels equal the eager ones to fp32 rounding."""
+    from minconv_cli.models import create_model
+
+    monkeypatch.setattr(gate_kernels, "COMPILE_CELLS", 8 * 8)
+    model = create_model("minconvlstm", 1, width=4, layers=2, grid=(8, 8), time_chunk=2)
+    model.precision = "bf16"
+    x = torch.randn(2, 6, 1, 8, 8)
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("MINCONV_COMPILE", flag)
+        model.zero_grad(set_to_none=True)
+        loss = model(x, context=4).square().mean()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

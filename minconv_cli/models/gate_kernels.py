@@ -17,7 +17,7 @@ import torch
 
 # frames of at least this many grid cells (training on the CPU) take the compiled kernels: below
 # it the eager ops are fast enough and a compile (20-30 s on two cores) would not pay back
-COMPILE_CELLS = 128 * 128
+COMPILE_CELLS = 64 * 64
 
 
 def wanted(u: torch.Tensor) -> bool:
