@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 # frames of at least this many grid cells (training on the CPU) take the compiled kernels: below
-# it the eager ops are fast enough and a compile (20-30 s on two cores) would not pay back
+# it the eager ops cost little and a compile (20-40 s on two cores) would not pay back
 COMPILE_CELLS = 64 * 64
 
 
