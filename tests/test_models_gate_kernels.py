@@ -41,6 +41,7 @@ def test_compiled_kernels_give_the_eager_numbers(kind: str, monkeypatch) -> None
     assert not gate_kernels.wanted(u)
     eager = run(kind, u, h0, weight)
     assert not gate_kernels.compiled_frame_grads.failed
+    assert not gate_kernels.compiled_forward_gates.failed
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(compiled[1].float(), eager[1].float(), rtol=1e-2, atol=1e-5)
     torch.testing.assert_close(compiled[2], eager[2], rtol=1e-5, atol=1e-6)

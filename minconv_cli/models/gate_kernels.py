@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from minconv_cli.models.gates import candidate_grad, g, update_logit
+
 # frames of at least this many grid cells (training on the CPU) take the compiled kernels: below
 # it the eager ops cost little and a compile (20-40 s on two cores) would not pay back
 COMPILE_CELLS = 64 * 64
@@ -27,25 +29,14 @@ def wanted(u: torch.Tensor) -> bool:
     return u.shape[-2] * u.shape[-1] >= COMPILE_CELLS and torch.is_grad_enabled()
 
 
-def _softplus_neg(x: torch.Tensor) -> torch.Tensor:
-    """softplus(-x) = -logsigmoid(x), as `gate_maps._update` forms it."""
-    return torch.logaddexp(-x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
 def _update(kind: str, gates: list[torch.Tensor]) -> torch.Tensor:
-    """z = sigmoid(s) in fp32 from the update gate's maps (k; or f, i)."""
-    if kind == "gru":
-        return torch.sigmoid(gates[0].float())
-    f, i = (g.float() for g in gates)
-    if kind == "lstm":
-        return torch.sigmoid(_softplus_neg(f) - _softplus_neg(i))
-    return torch.sigmoid(i - f)
+    """z = sigmoid(s) in fp32 from the update gate's maps, by the gate table's logit."""
+    return torch.sigmoid(update_logit(kind, [x.float() for x in gates]))
 
 
 def forward_gates(kind: str, gates: list[torch.Tensor], p: torch.Tensor):
     """(z, g(p)) in fp32 for all frames: the update gate and the candidate."""
-    p = p.float()
-    return _update(kind, gates), torch.maximum(torch.sigmoid(p), p + 0.5)
+    return _update(kind, gates), g(p.float())
 
 
 def frame_grads(
@@ -63,12 +54,11 @@ def frame_grads(
     if kind != "lstm":
         z = _update(kind, gates)
     keep = 1 - z
-    g = grad_h + carry  # G_t
-    gz = g * z
+    adjoint = grad_h + carry  # G_t
+    gz = adjoint * z
     pf = p.float()
     sp = torch.sigmoid(pf)
     grad_s = (torch.maximum(sp, pf + 0.5) - prev) * gz * keep
-    slope = torch.maximum(sp * (1 - sp), torch.clamp(torch.sign(pf) + 1, max=1))
     if kind == "gru":
         parts = [grad_s]
     elif kind == "explstm":
@@ -76,8 +66,9 @@ def frame_grads(
     else:  # s = logsigmoid(i) - logsigmoid(f): ds/df = -sigmoid(-f), ds/di = sigmoid(-i)
         f, i = (x.float() for x in gates)
         parts = [-torch.sigmoid(-f) * grad_s, torch.sigmoid(-i) * grad_s]
-    grad_u = torch.cat([*parts, slope * gz], dim=-3).to(p.dtype)
-    return grad_u, keep * g
+    grad_p = candidate_grad(sp, pf, gz)  # overwrites sp, read for the last time above
+    grad_u = torch.cat([*parts, grad_p], dim=-3).to(p.dtype)
+    return grad_u, keep * adjoint
 
 
 class _Kernel:
