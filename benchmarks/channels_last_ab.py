@@ -110,6 +110,8 @@ def apply() -> None:
         return conv(self, x, True) if large(x) else plain_low(self, x)
 
     def layers(self, frames, static, states, stepwise):
+        # RecurrentForecaster._layers restated with two changes: the encoder's output
+        # channels-last, and the residual add and grid LayerNorm as one compiled function
         if not large(frames) or static is not None and self.static_channels:
             return plain_layers(self, frames, static, states, stepwise)
         T, B = frames.shape[:2]
