@@ -59,15 +59,15 @@ def test_frames_below_the_threshold_or_without_autograd_stay_eager(monkeypatch) 
     assert not gate_kernels.wanted(big)
 
 
-def test_a_failing_compiler_falls_back_to_eager_with_one_warning(monkeypatch) -> None:
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning() -> None:
     """A C++ compiler that does not exist: one RuntimeWarning, then the eager function's result."""
     import torch._inductor.config as inductor
 
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
     kernel = gate_kernels._Kernel(gate_kernels.forward_gates)
     gates, p = [torch.randn(1, 2, 3, 4, 4)], torch.randn(1, 2, 3, 4, 4)
-    with pytest.warns(RuntimeWarning, match="running them eagerly"):
+    # inductor's own patch restores its config (monkeypatch's undo left it broken for later tests)
+    broken = {"fx_graph_cache": False, "cpp.cxx": ("/nonexistent/c++",)}
+    with inductor.patch(broken), pytest.warns(RuntimeWarning, match="running them eagerly"):
         z, cand = kernel("gru", gates, p)
     assert kernel.failed
     torch.testing.assert_close(z, torch.sigmoid(gates[0]))
