@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from minconv_cli.models.gate_kernels import wanted
 from minconv_cli.models.gate_maps import KINDS as MAPS_KINDS
 from minconv_cli.models.gate_maps import maps_recurrence
 from minconv_cli.models.gates import FUSED_BACKENDS, fused_backend, fused_recurrence, g, update_gate
@@ -79,8 +80,11 @@ class MinConvCell(nn.Module):
             fused and self.kind in MAPS_KINDS and fused_backend(self.backend, x.device) == "fused"
         )
         # fp32 also under autocast (GridConv2d); for the fused maps of LOW_U_KINDS the bf16 output
-        # as it is (the function saves u: in half the bytes, the same values)
+        # as it is (the function saves u: in half the bytes, the same values); for the compiled
+        # kernels of large frames channels-last, which they read and write back as it is
         conv = self.conv.forward_low if maps and self.kind in LOW_U_KINDS else self.conv
+        if maps and wanted(frames):
+            conv = self.conv.forward_channels_last
         u = conv(frames)
         u = u.view(T, B, *u.shape[1:])
         if maps:  # the gate logits, too, in the fused function

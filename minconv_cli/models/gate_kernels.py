@@ -71,6 +71,19 @@ def frame_grads(
     return grad_u, keep * adjoint
 
 
+def gates_from_channels_last(kind: str, gates: list[torch.Tensor], p: torch.Tensor):
+    """`forward_gates` of a channels-last conv output, with z and g(p) in the standard layout, and
+    u's standard-layout copy for backward (one pass reads u; the layout change costs no pass)."""
+    z, cand = forward_gates(kind, gates, p)
+    return z.contiguous(), cand.contiguous(), torch.cat([*gates, p], dim=-3).contiguous()
+
+
+def frame_grads_to_channels_last(kind: str, gates: list[torch.Tensor], *rest: torch.Tensor):
+    """`frame_grads` with u's gradient written channels-last, the layout of the conv's output."""
+    grad_u, carry = frame_grads(kind, gates, *rest)
+    return grad_u.contiguous(memory_format=torch.channels_last), carry
+
+
 class _Kernel:
     """`fn` compiled on first use (dynamic shapes; a graph per gate kind, dtype and whether a dim
     is 1), or `fn` itself from the first failure on."""
@@ -102,3 +115,5 @@ RECOMPILE_LIMIT = 16
 
 compiled_forward_gates = _Kernel(forward_gates)
 compiled_frame_grads = _Kernel(frame_grads)
+compiled_gates_from_channels_last = _Kernel(gates_from_channels_last)
+compiled_frame_grads_to_channels_last = _Kernel(frame_grads_to_channels_last)

@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from minconv_cli.models.gate_kernels import compiled_forward_gates, compiled_frame_grads, wanted
+from minconv_cli.models.gate_kernels import (
+    compiled_forward_gates,
+    compiled_frame_grads,
+    compiled_frame_grads_to_channels_last,
+    compiled_gates_from_channels_last,
+    wanted,
+)
 from minconv_cli.models.gates import UPDATE_GATES, candidate_grad
 
 # the update gates (`gates.UPDATE_GATES`) whose logit derivative `_logit_grads` knows; a new gate
@@ -69,7 +75,11 @@ class _MapsRecurrence(torch.autograd.Function):
         # a bf16 u (the conv's own output) is kept as it is, half the bytes of its fp32 copy,
         # and upcast block by block in backward: the same values; each map is upcast on its own
         gates = u.split(hidden, dim=2)
-        if compiled:
+        ctx.grad_geometry = None
+        if compiled and _channels_last(u):  # u's gradient goes back in u's layout
+            ctx.grad_geometry = (u.shape, u.stride())
+            z, h, u = compiled_gates_from_channels_last(kind, list(gates[:-1]), gates[-1])
+        elif compiled:
             z, h = compiled_forward_gates(kind, list(gates[:-1]), gates[-1])
         else:
             z = _update(kind, list(gates[:-1]), torch.promote_types(u.dtype, torch.float32))
@@ -118,10 +128,17 @@ def _compiled_grads(ctx, u, h, h0, z, grad_h):
     T = h.shape[0]
     gates = u.split(ctx.hidden, dim=2)
     zeros = torch.zeros_like(h[0])
-    carry, grad_u = zeros, None if T == 1 else torch.empty_like(u)
+    kernel, grad_u = compiled_frame_grads, None
+    if ctx.grad_geometry is not None:
+        kernel = compiled_frame_grads_to_channels_last
+        if T > 1:
+            grad_u = torch.empty_strided(*ctx.grad_geometry, dtype=u.dtype, device=u.device)
+    elif T > 1:
+        grad_u = torch.empty_like(u)
+    carry = zeros
     for t in reversed(range(T)):
         prev = h[t - 1] if t else (h0 if ctx.has_h0 else zeros)
-        frame, carry = compiled_frame_grads(
+        frame, carry = kernel(
             ctx.kind, [g[t] for g in gates[:-1]], gates[-1][t], prev, grad_h[t], carry, z[t]
         )
         if grad_u is None:
@@ -129,6 +146,11 @@ def _compiled_grads(ctx, u, h, h0, z, grad_h):
         else:
             grad_u[t].copy_(frame)
     return grad_u, carry if ctx.has_h0 else None
+
+
+def _channels_last(u: torch.Tensor) -> bool:
+    """Whether conv output u (T, B, C, H, W) is channels-last (`GridConv2d.forward_channels_last`)."""
+    return u.stride(2) == 1 and u.shape[2] > 1 and not u.is_contiguous()
 
 
 # elements of one hidden map per block of frames in backward (at 64x64 B4 w40 one frame)

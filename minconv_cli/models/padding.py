@@ -71,6 +71,17 @@ class GridConv2d(nn.Conv2d):
             return self(x)  # through __call__: the module's hooks see it
         return self._plain_low(x)
 
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward_low`, but for large CPU training frames the convolution channels-last, its
+        output left so: for a consumer that reads any layout and hands its gradient back
+        channels-last (the Min cells' compiled gate kernels). The bf16 input is padded in the
+        standard layout and transposed in one copy, cheap in aten for 16-bit types, where
+        oneDNN's own reorders of a standard-layout conv cost 20-30 % of it (docs/models.md)."""
+        if not (torch.is_autocast_enabled(x.device.type) and self._plain_layout(x)):
+            return self.forward_low(x)
+        x = self.pad(x.to(torch.get_autocast_dtype(x.device.type)))
+        return super().forward(_Transposed.apply(x, torch.channels_last, torch.contiguous_format))
+
     def _plain_low(self, x: torch.Tensor) -> torch.Tensor:
         """The autocast dtype's convolution of x in the standard layout, in that dtype."""
         return super().forward(self.pad(x.to(torch.get_autocast_dtype(x.device.type))))
@@ -96,3 +107,16 @@ class GridConv2d(nn.Conv2d):
             else:
                 x = F.pad(x, (0, 0, r, r))
         return x
+
+
+class _Transposed(torch.autograd.Function):
+    """x in memory format `layout`, its gradient returned in `back`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layout, back):  # type: ignore[override]
+        ctx.back = back
+        return x.contiguous(memory_format=layout)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad.contiguous(memory_format=ctx.back), None, None
