@@ -7,18 +7,15 @@ reorders. But those reorders are dear (oneDNN verbose, 49 -> 98 channels at 128x
 `apply()` patches a prototype of that in (not the shipped code): the encoder's output, every
 cell's conv input and output, the states and the norms channels-last; the circular pad and the
 bf16 cast of a conv input in one copy (`_PadCast`); the grid LayerNorm and its residual add as
-one compiled function. `apply_min_only()` patches in a narrower option: only the Min cells' conv
-channels-last (a circular halo; the input cast and padded, then transposed in one bf16 copy), the
-layout changes of its output folded into the compiled gate kernels (u read
-channels-last, z and h written in the standard layout, u's gradient written channels-last), the
-rest of the network as shipped. `apply_conv_transposed()` patches in the general one: every
-conv of large frames channels-last between explicit bf16 transposes. `main()` times training steps of the variants in fresh processes,
-interleaved (benchmarks/grid_scaling_case.py), prints a table and writes
+one compiled function. (A third option, the Min cells' conv alone channels-last with the layout
+change inside their compiled gate kernels, was the `min_only` variant here; it is now shipped
+(`GridConv2d.forward_channels_last`), and `compare_commits.py --ref 523d2e7` measures it against
+the code before it.) `apply_conv_transposed()` patches in the general form: every conv of large
+frames channels-last between explicit bf16 transposes. `main()` times training steps of the
+variants in fresh processes, interleaved (benchmarks/grid_scaling_case.py), prints a table and writes
 benchmarks/results/channels_last_ab.json.
 
     python benchmarks/channels_last_ab.py --size 128 --models minconvgru,convlstm --repeats 2
-    python benchmarks/channels_last_ab.py --models minconvgru --variants min_only --repeats 3 \
-        --out benchmarks/results/channels_last_ab_min_only.json
 """
 
 from __future__ import annotations
@@ -150,102 +147,11 @@ def apply() -> None:
     gate_kernels.candidate_grad = _candidate_grad
 
 
-def apply_min_only() -> None:
-    """Patch in the Min-only option (large CPU frames under autocast, circular halo, compiled
-    gate kernels): the cell's conv channels-last, the layout changes inside the gate kernels."""
-    from minconv_cli.models import cells
-    from minconv_cli.models.gate_kernels import _Kernel, wanted
-
-    gates_kernel, grads_kernel = _Kernel(_gates_from_cl), _Kernel(_grads_to_cl)
-    shipped = cells.MinConvCell.sequence
-
-    def sequence(self, x, state):
-        frames = x.reshape(-1, *x.shape[2:])
-        if not (
-            torch.is_autocast_enabled("cpu")
-            and x.shape[-1] * x.shape[-2] >= LARGE
-            and wanted(frames.unsqueeze(0))
-            and self.kind in _MIN_KINDS
-            and self.backend in ("auto", "fused")
-            and self.conv.grid_padding == "circular"
-        ):
-            return shipped(self, x, state)
-        u = F.conv2d(_pad_cast_cl(frames, self.conv.halo), self.conv.weight, self.conv.bias)
-        h0 = state.float() if state is not None else None
-        h = _MinChannelsLast.apply(
-            u.view(*x.shape[:2], *u.shape[1:]), h0, self.kind, self.hidden, gates_kernel,
-            grads_kernel,
-        )  # fmt: skip
-        return h, h[-1]
-
-    cells.MinConvCell.sequence = sequence
-
-
-_MIN_KINDS = ("gru", "lstm", "explstm")
-
-
-def _pad_cast_cl(x, halo):
-    """x's circular halo, in bf16, channels-last: cast and pad in the standard layout, then one
-    transposing copy."""
-    x = F.pad(x.to(torch.bfloat16), (halo,) * 4, mode="circular")
-    return _Transposed.apply(x, CL, torch.contiguous_format)
-
-
-def _gates_from_cl(kind, gates, p):
-    """(z, g(p), u) in the standard layout from the channels-last conv output's maps."""
-    from minconv_cli.models.gate_kernels import forward_gates
-
-    z, cand = forward_gates(kind, gates, p)
-    return z.contiguous(), cand.contiguous(), torch.cat([*gates, p], dim=-3).contiguous()
-
-
-def _grads_to_cl(kind, gates, p, prev, grad_h, carry, z):
-    """`gate_kernels.frame_grads` with u's gradient written channels-last."""
-    from minconv_cli.models.gate_kernels import frame_grads
-
-    grad_u, carry = frame_grads(kind, gates, p, prev, grad_h, carry, z)
-    return grad_u.contiguous(memory_format=CL), carry
-
-
-class _MinChannelsLast(torch.autograd.Function):
-    """`gate_maps._MapsRecurrence` (compiled kernels) for a channels-last u: the same lerp
-    recurrence; saves u's standard-layout copy, returns u's gradient in u's layout."""
-
-    @staticmethod
-    def forward(ctx, u, h0, kind, hidden, gates_kernel, grads_kernel):  # type: ignore[override]
-        maps = u.split(hidden, dim=2)
-        z, h, u_plain = gates_kernel(kind, list(maps[:-1]), maps[-1])
-        if h0 is None:
-            h[0].mul_(z[0])
-        else:
-            torch.lerp(h0, h[0], z[0], out=h[0])
-        for t in range(1, h.shape[0]):
-            torch.lerp(h[t - 1], h[t], z[t], out=h[t])
-        ctx.kind, ctx.hidden, ctx.has_h0, ctx.kernel = kind, hidden, h0 is not None, grads_kernel
-        ctx.geometry = (u.shape, u.stride())
-        ctx.save_for_backward(u_plain, h, h0 if h0 is not None else h, z if kind == "lstm" else h)
-        return h
-
-    @staticmethod
-    def backward(ctx, grad_h):  # type: ignore[override]
-        u, h, h0, z = ctx.saved_tensors
-        maps = u.split(ctx.hidden, dim=2)
-        zeros = torch.zeros_like(h[0])
-        carry = zeros
-        grad_u = torch.empty_strided(*ctx.geometry, dtype=u.dtype)
-        for t in reversed(range(h.shape[0])):
-            prev = h[t - 1] if t else (h0 if ctx.has_h0 else zeros)
-            frame, carry = ctx.kernel(
-                ctx.kind, [m[t] for m in maps[:-1]], maps[-1][t], prev, grad_h[t], carry, z[t]
-            )
-            grad_u[t].copy_(frame)
-        return grad_u, carry if ctx.has_h0 else None, None, None, None, None
-
-
 def apply_conv_transposed() -> None:
     """Patch in the general option: every `GridConv2d` of large CPU training frames runs its bf16
     conv channels-last between two bf16 transposes (`_Transposed`), the network as shipped."""
     from minconv_cli.models import padding
+    from minconv_cli.models.padding import _Transposed
 
     shipped = padding.GridConv2d._plain_low
 
@@ -260,23 +166,8 @@ def apply_conv_transposed() -> None:
     padding.GridConv2d._plain_low = plain_low
 
 
-class _Transposed(torch.autograd.Function):
-    """x in memory format `layout`, its gradient in `back` (aten's bf16 transposes are fast
-    copies: 0.9-1.6 ms for 49 channels of 4 x 130 x 130; fp32, or fused into a compiled pad: 5-9)."""
-
-    @staticmethod
-    def forward(ctx, x, layout, back):  # type: ignore[override]
-        ctx.back = back
-        return x.contiguous(memory_format=layout)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        return grad.contiguous(memory_format=ctx.back), None, None
-
-
 VARIANTS = {
     "channels_last": apply,
-    "min_only": apply_min_only,
     "conv_transposed": apply_conv_transposed,
 }
 
